@@ -1,0 +1,26 @@
+"""Built-in CMDPs. Importing this module registers their ids with :func:`cmdp.make`."""
+
+from cmdp.envs.gridworld import (
+    DEFAULT_COST_LIMIT,
+    GridWorld,
+    LPSolution,
+    PolicyValue,
+    TabularCMDP,
+    evaluate_policy_exact,
+    solve_lp,
+)
+from cmdp.envs.point import PointGoal
+from cmdp.envs.two_channel import DEFAULT_COST_LIMITS, TwoChannelGrid
+
+__all__ = [
+    "DEFAULT_COST_LIMIT",
+    "DEFAULT_COST_LIMITS",
+    "GridWorld",
+    "LPSolution",
+    "PointGoal",
+    "PolicyValue",
+    "TabularCMDP",
+    "TwoChannelGrid",
+    "evaluate_policy_exact",
+    "solve_lp",
+]
