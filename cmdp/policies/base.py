@@ -1,0 +1,93 @@
+"""The actor-critic interface the on-policy engine trains.
+
+Two kinds of policy plug in:
+
+* **Feed-forward** (``is_sequence = False``): each step is independent. The engine hands
+  :meth:`ActorCritic.evaluate` flat minibatches: ``batch["obs"]`` has shape ``[M, ...]``.
+* **Sequence** (``is_sequence = True``): recurrent nets or causal transformers that carry state
+  (a hidden vector, a KV cache) from step to step within an episode. :meth:`act` receives and
+  returns that state; ``episode_start[i]`` tells the policy to forget env i's history first.
+  The engine hands :meth:`evaluate` trajectory segments: ``batch["obs"]`` has shape
+  ``[B, L, ...]``, ``batch["episode_start"]`` and ``batch["mask"]`` (padding) ``[B, L]``, and
+  ``batch["state"]`` the state each segment started from (a tensor, or a tuple/dict of tensors,
+  batch dimension first), so the log-probabilities it recomputes equal the ones seen while acting.
+
+Every policy has a reward critic and one cost critic output per cost channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from cmdp.policies.distributions import ActionDistribution
+
+Tensor = torch.Tensor
+State = Any  # None, a Tensor, or a tuple/dict of Tensors with the batch dimension first
+
+
+@dataclass
+class PolicyOutput:
+    dist: ActionDistribution
+    value: Tensor  # [N] reward value
+    cost_value: Tensor  # [N, K] one value per cost channel
+    state: State = None
+
+
+class ActorCritic(nn.Module):
+    """Base class of the policies the engine trains. See the module docstring."""
+
+    is_sequence: bool = False
+    num_costs: int
+
+    def initial_state(self, batch_size: int) -> State:
+        return None
+
+    def act(self, obs: Any, state: State = None, episode_start: Tensor | None = None) -> PolicyOutput:
+        """One step for a batch of envs: the action distribution, both critics, the new state."""
+        raise NotImplementedError
+
+    def values(self, obs: Any, state: State = None) -> tuple[Tensor, Tensor]:
+        """Reward and cost values of ``obs`` (used to bootstrap from final observations)."""
+        out = self.act(obs, state, None)
+        return out.value, out.cost_value
+
+    def evaluate(self, batch: Mapping[str, Any]) -> PolicyOutput:
+        """Recompute distribution and values for a stored minibatch (flat or segments)."""
+        raise NotImplementedError
+
+    def actor_parameters(self) -> Iterator[nn.Parameter]:
+        raise NotImplementedError
+
+    def critic_parameters(self) -> Iterator[nn.Parameter]:
+        raise NotImplementedError
+
+    def to_env_action(self, actions: Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+
+def state_map(fn, state: State) -> State:
+    """Apply ``fn`` to every tensor of a policy state."""
+    if state is None:
+        return None
+    if isinstance(state, Tensor):
+        return fn(state)
+    if isinstance(state, Mapping):
+        return {k: state_map(fn, v) for k, v in state.items()}
+    return type(state)(state_map(fn, s) for s in state)
+
+
+def state_cat(states: list[State]) -> State:
+    """Concatenate policy states along the batch dimension."""
+    first = states[0]
+    if first is None:
+        return None
+    if isinstance(first, Tensor):
+        return torch.cat(states, 0)
+    if isinstance(first, Mapping):
+        return {k: state_cat([s[k] for s in states]) for k in first}
+    return type(first)(state_cat(list(parts)) for parts in zip(*states))

@@ -1,0 +1,199 @@
+"""The on-policy engine: configs, determinism, resume, bad input, evaluation, sequence policies."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from cmdp.algorithms import CPO, FOCOPS, PIDLag, PPO, PPOLag, get_algorithm, load
+from cmdp.errors import CheckpointError, ConfigError, NonFiniteError, UnknownNameError
+
+from conftest import CornerBandit
+
+FAST = dict(num_envs=4, steps_per_epoch=64, minibatch_size=32, update_epochs=2, progress_bar=False, normalize_obs=False)
+
+
+def params(algo) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in algo.policy.parameters()])
+
+
+def test_same_seed_same_result():
+    a = PPOLag(CornerBandit(), cost_limit=5.0, seed=3, run_dir=False, **FAST).learn(256)
+    b = PPOLag(CornerBandit(), cost_limit=5.0, seed=3, run_dir=False, **FAST).learn(256)
+    assert torch.equal(params(a), params(b))
+    assert a.multiplier.value.tolist() == b.multiplier.value.tolist()
+    c = PPOLag(CornerBandit(), cost_limit=5.0, seed=4, run_dir=False, **FAST).learn(256)
+    assert not torch.equal(params(a), params(c))
+
+
+def test_ppolag_with_zero_multiplier_equals_ppo():
+    # a limit that is never reached keeps lambda projected at 0: the Lagrangian is PPO's objective
+    lag = PPOLag(CornerBandit(), cost_limit=1e6, seed=1, run_dir=False, lambda_init=0.0, **FAST).learn(256)
+    ppo = PPO(CornerBandit(), seed=1, run_dir=False, **FAST).learn(256)
+    assert lag.multiplier.value.tolist() == [0.0]
+    assert torch.allclose(params(lag), params(ppo))
+
+
+@pytest.mark.parametrize("algo_cls", [PPOLag, PIDLag, FOCOPS, CPO])
+def test_resume_equals_uninterrupted(tmp_path, algo_cls):
+    full = algo_cls(CornerBandit(), cost_limit=3.0, seed=0, run_dir=False, **FAST).learn(384)
+    half = algo_cls(CornerBandit(), cost_limit=3.0, seed=0, run_dir=False, **FAST).learn(192)
+    path = half.save(tmp_path / "ck.pt")
+    with pytest.raises(CheckpointError, match="pass env="):
+        algo_cls.load(path)
+    resumed = algo_cls.load(path, env=CornerBandit())
+    assert resumed.global_step == 192
+    resumed.learn(384)
+    assert resumed.global_step == full.global_step == 384
+    assert torch.equal(params(resumed), params(full))
+    if hasattr(full, "multiplier"):
+        assert resumed.multiplier.state_dict() == full.multiplier.state_dict()
+
+
+def test_resume_from_run_dir_with_logs(tmp_path):
+    run = tmp_path / "run"
+    algo = PPOLag(CornerBandit(), cost_limit=3.0, seed=0, run_dir=run, tensorboard=False, checkpoint_every=1, **FAST)
+    algo.learn(128)
+    assert (run / "checkpoint.pt").exists() and (run / "config.json").exists()
+    rows = (run / "progress.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 2  # header + two epochs
+    again = load(run, env=CornerBandit())
+    assert isinstance(again, PPOLag) and again.global_step == 128
+
+
+def test_unknown_and_bad_config_values():
+    with pytest.raises(ConfigError, match="minibatch_size"):
+        PPOLag(CornerBandit(), cost_limit=1.0, minibatch_sise=8)
+    with pytest.raises(ConfigError, match="clip_ratio must be > 0"):
+        PPOLag(CornerBandit(), cost_limit=1.0, clip_ratio=-0.1)
+    with pytest.raises(ConfigError, match="activation must be one of"):
+        PPOLag(CornerBandit(), cost_limit=1.0, activation="sigmoid")
+    with pytest.raises(ConfigError, match="steps_per_epoch .* multiple of num_envs"):
+        PPOLag(CornerBandit(num_envs=4), cost_limit=1.0, num_envs=4, steps_per_epoch=30)
+    with pytest.raises(ConfigError, match="update_epochs must be >= 1"):
+        PPOLag(CornerBandit(), cost_limit=1.0, update_epochs=0)
+    with pytest.raises(ConfigError, match="hidden_sizes must be"):
+        PPOLag(CornerBandit(), cost_limit=1.0, hidden_sizes="64")
+
+
+def test_bad_cost_limits_and_steps():
+    with pytest.raises(ConfigError, match="needs cost_limit"):
+        PPOLag(CornerBandit())
+    with pytest.raises(ConfigError, match=">= 0"):
+        PPOLag(CornerBandit(), cost_limit=-1.0)
+    with pytest.raises(ConfigError, match="2 values but the env has 1 cost channels"):
+        PPOLag(CornerBandit(), cost_limit=[1.0, 2.0])
+    algo = PPOLag(CornerBandit(), cost_limit=1.0, run_dir=False, **FAST)
+    with pytest.raises(ConfigError, match="total_steps must be a positive integer"):
+        algo.learn(0)
+    with pytest.raises(ConfigError, match="seed"):
+        PPOLag(CornerBandit(), cost_limit=1.0, seed=-1)
+
+
+def test_registry_by_name():
+    assert get_algorithm("ppolag") is PPOLag
+    assert get_algorithm("CPPOPID") is PIDLag
+    with pytest.raises(UnknownNameError, match="PPOLag"):
+        get_algorithm("PPOLagg")
+
+
+def test_nonfinite_reward_names_env_step_and_field():
+    algo = PPO(CornerBandit(nan_at=5), seed=0, run_dir=False, **FAST)
+    with pytest.raises(NonFiniteError, match=r"env 1 returned a non-finite reward at step 16"):
+        algo.learn(64)
+
+
+def test_nonfinite_skip_mode_continues(caplog):
+    algo = PPO(CornerBandit(nan_at=5), seed=0, run_dir=False, on_nonfinite="skip", **FAST)
+    with caplog.at_level(logging.WARNING, logger="cmdp"):
+        algo.learn(128)
+    assert algo._nonfinite_skipped == 1
+    assert "non-finite" in caplog.text
+    assert all(torch.isfinite(p).all() for p in algo.policy.parameters())
+
+
+def test_wrong_action_shape_is_a_clear_error():
+    from cmdp.errors import ActionShapeError
+
+    env = CornerBandit(num_envs=3)
+    with pytest.raises(ActionShapeError, match=r"expected 3 discrete actions"):
+        env.step(np.zeros(2, dtype=np.int64))
+    with pytest.raises(ActionShapeError, match="outside Discrete"):
+        env.step(np.array([0, 1, 2]))
+
+
+def test_no_finished_episode_does_not_crash(caplog):
+    # episodes of 1000 steps never finish within a 64-step epoch: the multiplier is driven by an
+    # estimate from the running episodes once a length is known, and never by NaN
+    algo = PPOLag(CornerBandit(horizon=1000), cost_limit=1.0, seed=0, run_dir=False, **FAST)
+    with caplog.at_level(logging.WARNING, logger="cmdp"):
+        algo.learn(128)
+    assert "no episode finished" in caplog.text
+    assert np.all(np.isfinite(algo.multiplier.value))
+    assert algo.multiplier.value[0] > 0.001  # the estimate (cost rate x 1000) exceeds the limit
+
+
+def test_evaluate_reports_contract_keys():
+    algo = PPOLag(CornerBandit(), cost_limit=5.0, seed=0, run_dir=False, **FAST)
+    result = algo.evaluate(episodes=6, seed=1)
+    for key in ("ep_return", "ep_length", "ep_cost", "ep_costs", "success_rate", "cost_limit"):
+        assert key in result
+    assert result["episodes"] == 6
+    assert result["ep_length"] == 10
+    assert result["ep_costs"]["unsafe"] == pytest.approx(result["ep_cost"])
+    # reward and cost are tied: 1 per unsafe step, 0.2 per safe step
+    assert result["ep_return"] == pytest.approx(10 * 0.2 + 0.8 * result["ep_cost"])
+    assert result["success_rate"] == 1.0
+
+
+def test_checkpoint_mismatch_and_corruption(tmp_path):
+    algo = PPOLag(CornerBandit(), cost_limit=5.0, seed=0, run_dir=False, **FAST)
+    path = algo.save(tmp_path / "ck.pt")
+
+    class TwoCost(CornerBandit):
+        def __init__(self):
+            super().__init__()
+            self.cost_names = ("unsafe", "other")
+
+        def step(self, actions):
+            o, r, c, te, tr, i = super().step(actions)
+            return o, r, np.concatenate([c, c], 1), te, tr, i
+
+    with pytest.raises(CheckpointError, match=r"cost_names: checkpoint has \['unsafe'\], env has \['unsafe', 'other'\]"):
+        PPOLag.load(path, env=TwoCost())
+    data = path.read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        PPOLag.load(tmp_path / "trunc.pt", env=CornerBandit())
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError):
+        PPOLag.load(tmp_path / "junk.pt", env=CornerBandit())
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        PPOLag.load(tmp_path / "missing.pt", env=CornerBandit())
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path):
+    algo = PIDLag(CornerBandit(), cost_limit=5.0, seed=0, run_dir=False, **FAST).learn(128)
+    path = algo.save(tmp_path / "ck.pt")
+    data = torch.load(path, weights_only=True)
+    assert data["counters"]["global_step"] == 128
+    assert "actor_optimizer" in data and "critic_optimizer" in data and "solver" in data
+
+
+def test_sequence_policy_segments_reproduce_acting_log_probs():
+    algo = PPO(CornerBandit(horizon=7), seed=0, run_dir=False, network="gru", **FAST)
+    algo.learn(64)  # one epoch so the state at the rollout start is not the initial state
+    data, stats, _ = algo._collect()
+    algo._advantages(data)
+    seen = 0
+    with torch.no_grad():
+        for mb in algo._minibatches(data):
+            out = algo.policy.evaluate(mb)
+            logp = out.dist.log_prob(mb["actions"])
+            m = mb["mask"]
+            assert torch.allclose(logp[m], mb["logp"][m], atol=1e-5)
+            seen += int(m.sum())
+    assert seen == 64

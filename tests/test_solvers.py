@@ -1,0 +1,81 @@
+"""Solver behaviour: each constrained solver reaches the LP constrained optimum of the gridworld.
+
+The learned policy is read off as a table (action probabilities per one-hot state) and evaluated
+EXACTLY with the gridworld's linear-system evaluation, so the assertions carry no Monte-Carlo
+noise: mean episode cost at most 5% above the limit, and return at least 90% of the optimum.
+The safe detour alone earns 83.8% of the optimum, so passing needs a stochastic policy that
+spends the cost budget. PPO on the same task shows the check can fail.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cmdp.algorithms import CPO, FOCOPS, PIDLag, PPO, PPOLag
+from cmdp.envs.gridworld import DEFAULT_COST_LIMIT, evaluate_policy_exact, solve_lp
+from cmdp.envs.two_channel import DEFAULT_COST_LIMITS
+
+# a test-scale schedule: 90 epochs of 4096 steps (about 15-60 s each), the actor learning rate
+# decaying linearly so that the last iterate settles instead of stopping mid-oscillation;
+# everything else is the solvers' defaults
+TRAIN = dict(lr_schedule="linear", progress_bar=False)
+STEPS = 90 * 4096
+
+
+def policy_table(algo) -> np.ndarray:
+    """Action probabilities of the learned policy for every state of the tabular env."""
+    env = algo.env.unwrapped
+    n = env.model().num_states
+    obs = np.eye(n, dtype=np.float32)
+    from cmdp.algorithms.engine import _find_normalizer
+
+    normalizer = _find_normalizer(algo.env)
+    if normalizer is not None:
+        obs = normalizer.normalize(obs)
+    with torch.no_grad():
+        logits = algo.policy.act(torch.as_tensor(obs, dtype=torch.float32)).dist.logits
+    return logits.exp().double().numpy()
+
+
+def exact_value(algo):
+    table = policy_table(algo)
+    return evaluate_policy_exact(algo.env.unwrapped, table / table.sum(1, keepdims=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo_cls", [PPOLag, PIDLag, FOCOPS, CPO])
+def test_constrained_solver_reaches_lp_optimum(algo_cls):
+    algo = algo_cls("GridWorld-v0", cost_limit=DEFAULT_COST_LIMIT, seed=0, run_dir=False, **TRAIN)
+    optimum = solve_lp(algo.env.unwrapped, DEFAULT_COST_LIMIT)
+    algo.learn(STEPS)
+    value = exact_value(algo)
+    assert value.cost <= 1.05 * DEFAULT_COST_LIMIT, (value.cost, value.return_)
+    assert value.return_ >= 0.9 * optimum.return_, (value.return_, optimum.return_, value.cost)
+    # and the sampled evaluation agrees with the exact numbers
+    result = algo.evaluate(episodes=2000, seed=5)
+    assert result["ep_cost"] == pytest.approx(value.cost, abs=4 * value.cost_std / np.sqrt(2000))
+
+
+@pytest.mark.slow
+def test_ppo_exceeds_the_limit():
+    algo = PPO("GridWorld-v0", cost_limit=DEFAULT_COST_LIMIT, seed=0, run_dir=False, **TRAIN)
+    algo.learn(STEPS // 6)
+    value = exact_value(algo)
+    assert value.cost > 2.0 * DEFAULT_COST_LIMIT  # it takes the hazard route (optimum: 2.71)
+    assert value.return_ > solve_lp(algo.env.unwrapped, DEFAULT_COST_LIMIT).return_
+
+
+@pytest.mark.slow
+def test_two_channel_cmdp_meets_both_limits():
+    algo = PPOLag("TwoChannelGrid-v0", cost_limit=list(DEFAULT_COST_LIMITS), seed=0, run_dir=False, **TRAIN)
+    optimum = solve_lp(algo.env.unwrapped, list(DEFAULT_COST_LIMITS))
+    unconstrained = solve_lp(algo.env.unwrapped, None)
+    algo.learn(STEPS)
+    value = exact_value(algo)
+    for k, limit in enumerate(DEFAULT_COST_LIMITS):
+        assert unconstrained.costs[k] > 1.5 * limit  # each constraint binds
+        assert value.costs[k] <= 1.05 * limit, (k, value.costs, value.return_)
+    assert value.return_ >= 0.9 * optimum.return_, (value.return_, optimum.return_)
+    assert len(algo.multiplier.value) == 2 and np.all(algo.multiplier.value > 0)
