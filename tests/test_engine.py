@@ -197,3 +197,89 @@ def test_sequence_policy_segments_reproduce_acting_log_probs():
             assert torch.allclose(logp[m], mb["logp"][m], atol=1e-5)
             seen += int(m.sum())
     assert seen == 64
+
+
+class InfoCostEnv:
+    """A gymnasium env that reports its cost in info["cost"]: a 1-D corridor with a toll cell."""
+
+    def __new__(cls):
+        import gymnasium as gym
+
+        class _Env(gym.Env):
+            observation_space = gym.spaces.Box(0.0, 1.0, (1,), np.float32)
+            action_space = gym.spaces.Discrete(2)
+
+            def reset(self, *, seed=None, options=None):
+                super().reset(seed=seed)
+                self.x = 0
+                return np.array([0.0], np.float32), {}
+
+            def step(self, action):
+                self.x += 1 if action == 1 else 0
+                done = self.x >= 3
+                return (np.array([self.x / 3], np.float32), float(done), done, False,
+                        {"cost": float(self.x == 2 and action == 1), "success": done})
+
+        return _Env()
+
+
+def test_trains_on_a_callable_gymnasium_env_with_info_cost():
+    algo = PPOLag(InfoCostEnv, cost_limit=0.5, seed=0, run_dir=False, **FAST)
+    assert algo.env.cost_names == ("cost",)
+    algo.learn(256)
+    result = algo.evaluate(episodes=8)
+    assert set(result["ep_costs"]) == {"cost"} and 0.0 <= result["ep_cost"] <= 1.0
+    assert "success_rate" in result
+
+
+def test_make_gymnasium_id_with_cost_fn_trains():
+    algo = PPO("CartPole-v1", seed=0, run_dir=False,
+               env_kwargs={"cost_fn": lambda obs, act, nxt, info: float(abs(nxt[0]) > 0.5)}, **FAST)
+    algo.learn(128)
+    assert algo.evaluate(episodes=2)["ep_length"] > 0
+
+
+def test_dict_observations_and_continuous_actions_train_and_resume(tmp_path):
+    import gymnasium as gym
+
+    class DictEnv(gym.Env):
+        observation_space = gym.spaces.Dict(
+            {"pos": gym.spaces.Box(-5.0, 5.0, (2,), np.float32), "mode": gym.spaces.Discrete(3)}
+        )
+        action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            self.pos = self.np_random.uniform(-1, 1, 2).astype(np.float32)
+            self.t = 0
+            return {"pos": self.pos.copy(), "mode": int(self.t % 3)}, {}
+
+        def step(self, action):
+            self.pos = np.clip(self.pos + 0.1 * np.asarray(action), -5, 5).astype(np.float32)
+            self.t += 1
+            reward = -float(np.linalg.norm(self.pos))
+            cost = float(self.pos[0] > 0.5)
+            return {"pos": self.pos.copy(), "mode": int(self.t % 3)}, reward, False, self.t >= 16, {"cost": cost}
+
+    algo = FOCOPS(DictEnv, cost_limit=1.0, seed=0, run_dir=False, **(FAST | {"normalize_obs": True}))
+    algo.learn(128)
+    path = algo.save(tmp_path / "dict.pt")
+    again = FOCOPS.load(path, env=DictEnv)
+    assert again.global_step == 128
+    again.learn(192)
+    result = again.evaluate(episodes=4)
+    assert result["ep_length"] == 16
+    actions, _ = again.predict({"pos": np.zeros((3, 2), np.float32), "mode": np.zeros(3, np.int64)})
+    assert actions.shape == (3, 2) and np.all(np.abs(actions) <= 1.0)
+
+
+def test_resume_built_in_env_with_observation_normalisation(tmp_path):
+    cfg = dict(num_envs=4, steps_per_epoch=128, minibatch_size=64, update_epochs=2, progress_bar=False, tensorboard=False)
+    full = PPOLag("PointGoal-v0", cost_limit=25.0, seed=2, run_dir=tmp_path / "full", **cfg).learn(512)
+    half = PPOLag("PointGoal-v0", cost_limit=25.0, seed=2, run_dir=tmp_path / "half", **cfg).learn(256)
+    resumed = load(tmp_path / "half")  # the env is rebuilt from its id, its state restored
+    resumed.learn(512)
+    assert torch.equal(params(resumed), params(full))
+    rows = (tmp_path / "half" / "progress.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 4  # header + 4 epochs, none duplicated by the resume
+    assert half.global_step == 256

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from cmdp.algorithms import CPO, FOCOPS, PIDLag, PPO, PPOLag
-from cmdp.envs.gridworld import DEFAULT_COST_LIMIT, evaluate_policy_exact, solve_lp
+from cmdp.envs.gridworld import DEFAULT_COST_LIMIT, evaluate_policy_exact, learned_policy_table, solve_lp
 from cmdp.envs.two_channel import DEFAULT_COST_LIMITS
 
 # a test-scale schedule: 90 epochs of 4096 steps (about 15-60 s each), the actor learning rate
@@ -24,24 +23,8 @@ TRAIN = dict(lr_schedule="linear", progress_bar=False)
 STEPS = 90 * 4096
 
 
-def policy_table(algo) -> np.ndarray:
-    """Action probabilities of the learned policy for every state of the tabular env."""
-    env = algo.env.unwrapped
-    n = env.model().num_states
-    obs = np.eye(n, dtype=np.float32)
-    from cmdp.algorithms.engine import _find_normalizer
-
-    normalizer = _find_normalizer(algo.env)
-    if normalizer is not None:
-        obs = normalizer.normalize(obs)
-    with torch.no_grad():
-        logits = algo.policy.act(torch.as_tensor(obs, dtype=torch.float32)).dist.logits
-    return logits.exp().double().numpy()
-
-
 def exact_value(algo):
-    table = policy_table(algo)
-    return evaluate_policy_exact(algo.env.unwrapped, table / table.sum(1, keepdims=True))
+    return evaluate_policy_exact(algo.env.unwrapped, learned_policy_table(algo))
 
 
 @pytest.mark.slow

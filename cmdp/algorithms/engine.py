@@ -25,10 +25,9 @@ logging and checkpoints. A solver overrides a few hooks:
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
@@ -42,7 +41,7 @@ from cmdp.algorithms.config import Config, option
 from cmdp.algorithms.functional import gae
 from cmdp.core.vector import VectorCMDP, obs_where
 from cmdp.errors import CheckpointError, ConfigError, NonFiniteError
-from cmdp.policies.base import ActorCritic, state_cat, state_map
+from cmdp.policies.base import ActorCritic, state_map
 from cmdp.policies.encoders import obs_to_tensor
 from cmdp.policies.mlp import MLPActorCritic
 
@@ -399,7 +398,6 @@ class OnPolicyAlgorithm:
         if self._obs is None:
             self._reset_envs()
         obs_buf: list[Any] = []
-        actions = rewards = None
         logps = torch.zeros(horizon, n)
         values = torch.zeros(horizon, n)
         cost_values = torch.zeros(horizon, n, k)
@@ -708,13 +706,16 @@ class OnPolicyAlgorithm:
             "config": self.config.to_dict(),
         }
 
+    def normalize_observation(self, obs: Any) -> Any:
+        """Apply the training env's observation normalisation (frozen) to raw observations."""
+        normalizer = _find_normalizer(self.env)
+        return obs if normalizer is None else normalizer.normalize(obs)
+
     def predict(
         self, obs: Any, state: Any = None, episode_start: np.ndarray | None = None, deterministic: bool = False
     ) -> tuple[np.ndarray, Any]:
         """Actions for a batch of raw (unnormalised) observations; returns (actions, new state)."""
-        normalizer = _find_normalizer(self.env)
-        if normalizer is not None:
-            obs = normalizer.normalize(obs)
+        obs = self.normalize_observation(obs)
         start = None if episode_start is None else torch.as_tensor(np.asarray(episode_start, dtype=bool))
         with torch.no_grad():
             out = self.policy.act(self._to_tensor(obs), state, start)

@@ -185,6 +185,18 @@ class PolicyValue:
     length: float
 
 
+def learned_policy_table(algo: Any) -> np.ndarray:
+    """Action probabilities ``[S, A]`` of a trained solver's policy in every state of the
+    gridworld it was trained on, ready for :func:`evaluate_policy_exact`."""
+    import torch
+
+    env = algo.env.unwrapped
+    obs = algo.normalize_observation(np.eye(env.model().num_states, dtype=np.float32))
+    with torch.no_grad():
+        probs = algo.policy.act(torch.as_tensor(obs, dtype=torch.float32)).dist.logits.exp().double().numpy()
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
 def _model(env_or_model: "GridWorld | TabularCMDP") -> TabularCMDP:
     if isinstance(env_or_model, TabularCMDP):
         return env_or_model

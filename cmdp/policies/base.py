@@ -79,15 +79,3 @@ def state_map(fn, state: State) -> State:
     if isinstance(state, Mapping):
         return {k: state_map(fn, v) for k, v in state.items()}
     return type(state)(state_map(fn, s) for s in state)
-
-
-def state_cat(states: list[State]) -> State:
-    """Concatenate policy states along the batch dimension."""
-    first = states[0]
-    if first is None:
-        return None
-    if isinstance(first, Tensor):
-        return torch.cat(states, 0)
-    if isinstance(first, Mapping):
-        return {k: state_cat([s[k] for s in states]) for k in first}
-    return type(first)(state_cat(list(parts)) for parts in zip(*states))
