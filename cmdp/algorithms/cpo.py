@@ -37,7 +37,11 @@ class CPOConfig(OnPolicyConfig):
     backtrack_coef: float = option(0.8, "Line-search step shrink factor.", gt=0.0, lt=1.0)
     backtrack_iters: int = option(20, "Line-search steps before the update is rejected.", ge=1)
     fvp_sample_fraction: float = option(
-        1.0, "Fraction of the epoch's samples used for Fisher-vector products (subsampling is faster).", gt=0.0, le=1.0
+        0.2,
+        "Fraction of the epoch's samples used for Fisher-vector products. The curvature estimate "
+        "needs far fewer samples than the gradients; OpenAI Baselines' TRPO uses every 5th sample.",
+        gt=0.0,
+        le=1.0,
     )
 
 
