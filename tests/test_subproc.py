@@ -205,3 +205,21 @@ def test_argument_checks():
         SubprocVectorCMDP([CounterEnv], max_restarts=-1)
     with pytest.raises(ConfigError, match="start_method"):
         SubprocVectorCMDP([CounterEnv], start_method="teleport")
+
+
+def test_training_survives_a_crashed_worker(tmp_path, caplog):
+    from cmdp.algorithms import PPOLag
+
+    flag = str(tmp_path / "crashed-once")
+    env_fns = [lambda: CounterEnv(fail_at=None)] + [lambda: CounterEnv(fail_at=40, how="exit", flag=flag)]
+    env = from_env_fns(env_fns, vectorization="subproc", seed=0, max_episode_steps=10)
+    try:
+        algo = PPOLag(env, cost_limit=5.0, seed=0, run_dir=False, num_envs=2, steps_per_epoch=64,
+                      minibatch_size=32, update_epochs=1, progress_bar=False)
+        with caplog.at_level(logging.WARNING, logger="cmdp"):
+            algo.learn(192)
+        assert algo.global_step == 192
+        assert os.path.exists(flag)  # the worker did crash, and training went on
+        assert "restart" in caplog.text.lower()
+    finally:
+        env.close()
