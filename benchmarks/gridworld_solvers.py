@@ -12,20 +12,14 @@ the return is at least 90% of the LP constrained optimum.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
+from report import machine_line, update_section  # benchmarks/report.py, beside this script
 from cmdp.algorithms import ALGORITHMS
 from cmdp.envs.gridworld import DEFAULT_COST_LIMIT, evaluate_policy_exact, learned_policy_table, solve_lp
 from cmdp.envs.two_channel import DEFAULT_COST_LIMITS
-
-MARK_BEGIN = "<!-- gridworld:begin -->"
-MARK_END = "<!-- gridworld:end -->"
-
 
 def run(name: str, env_id: str, limits: list[float], seed: int, epochs: int) -> dict:
     algo = ALGORITHMS[name](env_id, cost_limit=limits, seed=seed, run_dir=False, progress_bar=False, lr_schedule="linear")
@@ -53,8 +47,8 @@ def main() -> None:
     cases = [(name, "GridWorld-v0", [DEFAULT_COST_LIMIT]) for name in ALGORITHMS]
     cases.append(("PPOLag", "TwoChannelGrid-v0", list(DEFAULT_COST_LIMITS)))
     lines = [
-        f"Measured {dt.date.today().isoformat()} on {platform.node() or 'this machine'} ({os.cpu_count()} cores), "
-        f"`python benchmarks/gridworld_solvers.py --seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs}`: "
+        machine_line(),
+        f"Command: `python benchmarks/gridworld_solvers.py --seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs}`: "
         f"{args.epochs} epochs of 4096 steps, default settings plus a linearly decaying actor learning rate. "
         "Cost and return are exact expectations of the final policy, as ratios to the limit and to the LP "
         "constrained optimum. 'meets': every cost <= 1.05 x limit and return >= 0.9 x optimum.",
@@ -74,14 +68,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.out is not None:
-        text = args.out.read_text() if args.out.exists() else ""
-        block = f"{MARK_BEGIN}\n{table}\n{MARK_END}"
-        if MARK_BEGIN in text and MARK_END in text:
-            head, rest = text.split(MARK_BEGIN, 1)
-            text = head + block + rest.split(MARK_END, 1)[1]
-        else:
-            text = text.rstrip() + "\n\n## Solvers on the LP gridworlds\n\n" + block + "\n"
-        args.out.write_text(text)
+        update_section(args.out, "gridworld", "Solvers on the LP gridworlds", table)
 
 
 if __name__ == "__main__":

@@ -12,22 +12,15 @@ table is written into that Markdown file between markers, with the date and the 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import cmdp
+from report import machine_line, update_section  # benchmarks/report.py, beside this script
 from cmdp.algorithms import ALGORITHMS
-
-MARK_BEGIN = "<!-- throughput:begin -->"
-MARK_END = "<!-- throughput:end -->"
-
 
 def raw_env_rate(env_id: str, num_envs: int, steps: int = 200_000) -> float:
     env = cmdp.make(env_id, num_envs=num_envs, seed=0)
@@ -80,9 +73,7 @@ def main() -> None:
 
     default = ALGORITHMS["PPO"].Config()
     lines = [
-        f"Measured {dt.date.today().isoformat()} on {platform.node() or 'this machine'}: "
-        f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python "
-        f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} thread(s)).",
+        machine_line(),
         "",
         f"Command: `python benchmarks/throughput.py --env {args.env} --epochs {args.epochs} --repeats {args.repeats}`. "
         f"Default settings: {default.num_envs} envs, {default.steps_per_epoch} steps per epoch, "
@@ -102,14 +93,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.out is not None:
-        text = args.out.read_text() if args.out.exists() else ""
-        block = f"{MARK_BEGIN}\n{table}\n{MARK_END}"
-        if MARK_BEGIN in text and MARK_END in text:
-            head, rest = text.split(MARK_BEGIN, 1)
-            text = head + block + rest.split(MARK_END, 1)[1]
-        else:
-            text = text.rstrip() + "\n\n## Training throughput\n\n" + block + "\n"
-        args.out.write_text(text)
+        update_section(args.out, "throughput", "Training throughput", table)
 
 
 if __name__ == "__main__":

@@ -99,8 +99,8 @@ class OnPolicyConfig(Config):
     on_nonfinite: str = option(
         "raise",
         "What to do when an env returns NaN or inf in an observation, reward or cost: 'raise' an "
-        "error naming env, step and field, or 'skip': replace the values by 0, end that "
-        "transition as truncated, and log a warning.",
+        "error naming env, step and field, or 'skip': replace the values by 0, treat that "
+        "transition as truncated for learning (bootstrapped, advantages cut), and log a warning.",
         choices=("raise", "skip"),
     )
     checkpoint_every: int = option(
@@ -438,7 +438,9 @@ class OnPolicyAlgorithm:
             rewards[t] = torch.from_numpy(np.asarray(reward, dtype=np.float32))
             costs[t] = torch.from_numpy(np.asarray(cost, dtype=np.float32).reshape(n, k))
             terminated[t] = torch.from_numpy(term)
-            dones[t] = torch.from_numpy(done)
+            # a repaired transition cuts the advantage recursion like a truncation; the env itself
+            # continues its episode, so the episode statistics do too
+            dones[t] = torch.from_numpy(done if repaired is None else done | repaired)
             self.global_step += n
             self._ep_return += reward
             self._ep_cost += cost

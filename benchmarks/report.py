@@ -1,0 +1,32 @@
+"""Write a benchmark's table into BENCHMARKS.md between its own markers, keeping the rest."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+
+def machine_line() -> str:
+    return (
+        f"Measured {dt.date.today().isoformat()} on {platform.node() or 'this machine'}: {os.cpu_count()} cores, "
+        f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} thread(s))."
+    )
+
+
+def update_section(path: Path, key: str, title: str, table: str) -> None:
+    """Replace the block between ``<!-- key:begin -->`` and ``<!-- key:end -->`` (or append it
+    under ``## title``)."""
+    begin, end = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{table}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + f"\n\n## {title}\n\n" + block + "\n"
+    path.write_text(text)
