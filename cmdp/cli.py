@@ -650,5 +650,61 @@ def algos_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- benchmark ----------------------------------------------------------------------------
+
+
+@command(
+    "benchmark",
+    "Train solvers x envs x seeds; write results.csv, results.md and learning-curve plots.",
+    arg("--solvers", nargs="+", metavar="NAME", help="solvers to compare (default: all of `cmdp algos`)"),
+    arg("--envs", nargs="+", metavar="ID", help="env ids (default: the classic CMDPs; with --full every env of the table)"),
+    arg("--seeds", nargs="+", type=int, metavar="SEED", help="seeds (default 0 1 2; with --full 0 1 2 3 4)"),
+    arg("--full", action="store_true", help="the full grid: more steps and seeds, Safety-CHORES and safety-gymnasium envs"),
+    arg("--out", metavar="DIR", help="output directory (default runs/benchmark-small or runs/benchmark-full)"),
+    arg("--ray", action="store_true", help="run the cells as Ray tasks (a local Ray unless --address is given)"),
+    arg("--address", metavar="ADDR", help="address of a running Ray cluster, e.g. 10.0.0.5:6379 (implies --ray)"),
+    arg("--workers", type=int, metavar="N", help="cells run at once (default: the number of CPUs)"),
+    arg("--steps", type=_count, metavar="N", help="train every cell for N steps instead of the table's"),
+    arg("--cost-limit", type=float, metavar="LIMIT", help="limit for env ids the settings table does not know"),
+)
+def benchmark_command(args: argparse.Namespace) -> int:
+    """Run a grid of training runs, one cell per (solver, env, seed), and compare the solvers.
+
+    Each cell trains with the per-env settings of cmdp.benchmark.settings (cost limit, steps,
+    solver options), evaluates a few times along the way, and records its config, seed and
+    package versions in OUT/cells/<solver>_<env>_<seed>/. The tables (final EpRet and EpCost,
+    mean ± std over seeds, the limit, how many seeds end over it, training steps/s) go to
+    OUT/results.md, OUT/results.csv and OUT/cells.csv, learning curves to OUT/plots/<env>.png.
+    Env ids cmdp.make does not know here (safety-gymnasium without that package) are skipped
+    with a note.
+
+    Rerunning the same command resumes: finished cells are skipped and a half-finished cell
+    continues from its checkpoint at its last evaluation point.
+    """
+    from cmdp.benchmark import GridConfig, run_grid
+
+    full = bool(args.full)
+    config = GridConfig(
+        out=Path(args.out or f"runs/benchmark-{'full' if full else 'small'}"),
+        solvers=tuple(args.solvers or ()),
+        envs=tuple(args.envs or ()),
+        seeds=tuple(args.seeds or ()),
+        full=full,
+        workers=args.workers,
+        ray=args.ray,
+        address=args.address,
+        steps=args.steps,
+        cost_limit=args.cost_limit,
+    )
+    command_line = "cmdp benchmark " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["benchmark"] else None
+    try:
+        report = run_grid(config, note=_stderr, command=command_line)
+    except KeyboardInterrupt:
+        _stderr(f"\ncmdp: interrupted; run the same command again to resume (finished cells are kept in {config.out})")
+        return EXIT_INTERRUPTED
+    print(report.table)
+    return 1 if report.failures else 0
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
