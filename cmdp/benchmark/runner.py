@@ -152,7 +152,10 @@ def plan_grid(config: GridConfig, table: Sequence[EnvSettings] = ENV_SETTINGS, n
         for solver in solvers:
             options = row.options(solver)
             cls = get_algorithm(solver)
-            steps_per_epoch = cls.Config.from_kwargs(**options).steps_per_epoch  # validates the options
+            try:
+                steps_per_epoch = cls.Config.from_kwargs(**options).steps_per_epoch
+            except ConfigError as e:
+                raise ConfigError(f"the benchmark settings of {env_id} for {solver}: {e}") from e
             points = eval_schedule(steps, steps_per_epoch, row.eval_points)
             for seed in seeds:
                 cells.append(
