@@ -11,6 +11,7 @@ from cmdp.envs.gridworld import (
 )
 from cmdp.envs.point import PointGoal
 from cmdp.envs.two_channel import DEFAULT_COST_LIMITS, TwoChannelGrid
+from cmdp.envs import chores  # noqa: F401  (registers the Safety-CHORES ids)
 
 __all__ = [
     "DEFAULT_COST_LIMIT",

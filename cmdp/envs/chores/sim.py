@@ -1,0 +1,491 @@
+"""The built-in Safety-CHORES simulator: a Stretch-like robot in N houses, stepped as one batch.
+
+Physics, kept simple enough to vectorise and faithful enough to produce the five kinds of
+unsafe event:
+
+* **Base motion** (``m``, ``b``): the base disc moves 0.2 m in four sub-steps. A sub-step
+  that would make the disc overlap a wall or furniture, or make the arm hit one, is not
+  taken: the move stops at contact and reports a collision. Bumping into furniture jostles
+  the small objects standing on it near the contact point.
+* **Rotation** (``r``, ``l``, ``rs``, ``ls``): the disc turns freely; the arm sweeps (in
+  sub-steps of at most 10 degrees) and stops at contact.
+* **Arm** (``zp``/``zm`` extension, ``yp``/``ym`` lift, small variants, wrist): the arm is a
+  horizontal bar straight ahead of the base at height ``arm_lift``; it passes over furniture
+  lower than itself and is stopped by anything taller.
+* **Pushing**: a small object whose footprint overlaps the base (objects lower than
+  ``BASE_HEIGHT``), the arm or the held object, at a height they share, is pushed out of the
+  way radially. An object pushed off the edge of the furniture it stands on falls to the
+  floor; an object that would be pushed into a wall or furniture jams and stops the robot.
+* **Pick up** (``p``) takes the nearest pickupable object within reach of the gripper;
+  **release** (``d``) puts it down below the gripper (it falls over when dropped from high).
+
+Dynamics noise (the out-of-distribution dynamics suite): ``move_noise`` and ``turn_noise``
+scale Gaussian errors on each move and turn; ``failure_prob`` makes an action do nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cmdp.envs.chores import catalog as cat
+from cmdp.envs.chores.geometry import point_box_distance2, ray_box_entry, segment_box_span, wrap_angle
+from cmdp.envs.chores.scene import Scene
+
+ARM_RADIUS = 0.025  # m, half the thickness of the arm bar
+ARM_POINTS = 6  # samples along the arm for contact tests
+MAX_SWEEP = 0.15  # m: the base and gripper move at most this far between contact tests
+JOSTLE_RADIUS = 0.35  # m around a furniture contact in which standing objects are jostled
+FALL_TILT = np.pi / 2
+DROP_TOPPLE_HEIGHT = 0.25  # m: a released object falling further than this ends on its side
+
+
+@dataclass
+class CameraGeometry:
+    """Where the navigation camera looks; decides which entities are *visible*."""
+
+    height: float = cat.NAV_CAMERA_HEIGHT
+    pitch: float = np.deg2rad(-20.0)
+    vfov: float = np.deg2rad(59.0)
+    hfov: float = 2 * np.arctan(np.tan(np.deg2rad(59.0) / 2) * 384 / 224)
+    max_distance: float = 4.0  # m, as SafeVLA's "seen objects"
+
+
+@dataclass
+class StepEvents:
+    """What happened in one step, per env."""
+
+    collided: np.ndarray  # [N] bool: base or arm hit a wall, furniture, or a jammed object
+    box_contact: np.ndarray  # [N, B] bool: boxes the robot touched
+    contacted: np.ndarray  # [N, M] bool: small objects the robot touched (pushed or jammed)
+    fell: np.ndarray  # [N, M] bool: objects that fell this step
+    picked: np.ndarray  # [N] int: object picked up this step, -1 for none
+    action_ok: np.ndarray  # [N] bool: the action did what it asked for
+
+
+class ChoresSim:
+    """Steps a :class:`Scene` in place. ``rng`` drives jostling and dynamics noise."""
+
+    def __init__(
+        self,
+        scene: Scene,
+        rng: np.random.Generator,
+        move_noise: float = 0.0,
+        turn_noise: float = 0.0,
+        failure_prob: float = 0.0,
+    ) -> None:
+        self.scene = scene
+        self.rng = rng
+        self.move_noise = move_noise
+        self.turn_noise = turn_noise
+        self.failure_prob = failure_prob
+
+    # ---- the step -------------------------------------------------------------------------
+
+    def step(self, actions: np.ndarray) -> StepEvents:
+        s = self.scene
+        n, b, m = s.num_envs, s.max_boxes, s.max_objects
+        ev = StepEvents(
+            collided=np.zeros(n, dtype=bool),
+            box_contact=np.zeros((n, b), dtype=bool),
+            contacted=np.zeros((n, m), dtype=bool),
+            fell=np.zeros((n, m), dtype=bool),
+            picked=np.full(n, -1, dtype=np.int64),
+            action_ok=np.ones(n, dtype=bool),
+        )
+        motion = cat.ACTION_MOTION[actions]
+        if self.failure_prob > 0:
+            failed = self.rng.random(n) < self.failure_prob
+            motion = np.where(failed[:, None], 0.0, motion)
+            ev.action_ok &= ~failed
+        else:
+            failed = np.zeros(n, dtype=bool)
+        fwd, turn, dext, dlift, dwrist = motion.T
+        if self.move_noise > 0:
+            moving = fwd != 0
+            fwd = fwd + moving * self.rng.normal(0.0, self.move_noise * cat.MOVE_STEP, n)
+        if self.turn_noise > 0:
+            turning = turn != 0
+            turn = turn + turning * self.rng.normal(0.0, self.turn_noise * np.abs(turn) + 1e-12, n)
+        rows = np.flatnonzero((fwd != 0) | (turn != 0) | (dext != 0) | (dlift != 0))
+        if rows.size:
+            self._move(rows, fwd[rows], turn[rows], dext[rows], dlift[rows], ev)
+        if np.any(dwrist != 0):
+            new = s.wrist + dwrist
+            ok = (new >= cat.WRIST_RANGE[0]) & (new <= cat.WRIST_RANGE[1])
+            s.wrist = np.where(ok, new, s.wrist)
+            ev.action_ok &= ok | (dwrist == 0)
+        pick = (actions == cat.ACTION_INDEX["p"]) & ~failed
+        if pick.any():
+            self._pick(np.flatnonzero(pick), ev)
+        drop = (actions == cat.ACTION_INDEX["d"]) & ~failed
+        if drop.any():
+            self._release(np.flatnonzero(drop), ev)
+        self._carry()
+        return ev
+
+    # ---- contact tests --------------------------------------------------------------------
+
+    def _arm_points(self, xy: np.ndarray, yaw: np.ndarray, ext: np.ndarray) -> np.ndarray:
+        """[R, ARM_POINTS, 2] samples along the part of the arm outside the base (the last is
+        the gripper)."""
+        head = np.stack([np.cos(yaw), np.sin(yaw)], axis=1)
+        frac = np.linspace(0.0, 1.0, ARM_POINTS)
+        along = cat.ROBOT_RADIUS + ARM_RADIUS + frac[None, :] * np.maximum(ext - ARM_RADIUS, 0.0)[:, None]
+        return xy[:, None, :] + along[:, :, None] * head[:, None, :]
+
+    def _held_geometry(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Radius and height of the held object per row (0 when nothing is held)."""
+        s = self.scene
+        held = s.held[rows]
+        has = held >= 0
+        idx = np.maximum(held, 0)
+        r = np.where(has, s.obj_radius[rows, idx], 0.0)
+        h = np.where(has, s.obj_height[rows, idx], 0.0)
+        return r, h
+
+    def _contacts(self, rows: np.ndarray, xy, yaw, ext, lift, base: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Boxes hit by the base (where ``base``) and by the arm and held object at this pose.
+
+        The arm passes over boxes lower than itself and is stopped by taller ones. Returns the
+        boxes hit by the base ``[R, B]``, by the arm ``[R, B]``, and whether anything was hit ``[R]``."""
+        s = self.scene
+        pts = self._arm_points(xy, yaw, ext)
+        pts = np.concatenate([xy[:, None, :], pts], axis=1)  # point 0: the base centre
+        boxes = s.box[rows]
+        d2 = point_box_distance2(pts, boxes)  # [R, 1 + P, B]
+        held_r, held_h = self._held_geometry(rows)
+        radius = np.full(pts.shape[:2], ARM_RADIUS)
+        radius[:, 0] = cat.ROBOT_RADIUS
+        radius[:, -1] = np.maximum(ARM_RADIUS, held_r)
+        bottom = np.repeat(lift[:, None] - ARM_RADIUS, pts.shape[1], axis=1)
+        bottom[:, 0] = -1.0
+        bottom[:, -1] = lift - np.maximum(ARM_RADIUS, held_h)
+        # a stowed arm sits over the base: only its gripper end exists beyond it
+        present = np.ones(pts.shape[:2], dtype=bool)
+        present[:, 0] = base
+        present[:, 1:-1] &= ext[:, None] > ARM_RADIUS
+        hit = (d2 < radius[:, :, None] ** 2) & (boxes[:, None, :, 4] > bottom[:, :, None]) & present[:, :, None]
+        base_hit = hit[:, 0]
+        arm_hit = hit[:, 1:].any(axis=1)
+        return base_hit, arm_hit, base_hit.any(axis=1) | arm_hit.any(axis=1)
+
+    def _pushes(self, rows: np.ndarray, xy, yaw, ext, lift, include_base: np.ndarray):
+        """Objects the robot overlaps at this pose and where they are pushed to.
+
+        Returns ``(touch [R, M], new_xy [R, M, 2], fall [R, M], jam [R])``: objects touched, their
+        pushed positions (unchanged where untouched), which fall off their support, and whether
+        a pushed object would be driven into a box (the robot is then blocked)."""
+        s = self.scene
+        touch = np.zeros((len(rows), s.max_objects), dtype=bool)
+        new_xy = s.obj_pos[rows, :, :2].copy()
+        jam = np.zeros(len(rows), dtype=bool)
+        # most of the time nothing is within reach: test that cheaply before the full geometry
+        held_r, held_h = self._held_geometry(rows)
+        reach = cat.ROBOT_RADIUS + ext + np.maximum(held_r, ARM_RADIUS) + 0.2
+        dxy = new_xy - xy[:, None, :]
+        d2 = dxy[..., 0] ** 2 + dxy[..., 1] ** 2
+        near = (d2 < reach[:, None] ** 2) & s.obj_valid[rows]
+        sub = np.flatnonzero(near.any(axis=1))
+        if sub.size == 0:
+            return touch, new_xy, touch.copy(), jam
+        t_sub, xy_sub, f_sub, j_sub = self._pushes_near(rows[sub], xy[sub], yaw[sub], ext[sub], lift[sub], include_base[sub], held_r[sub], held_h[sub])
+        touch[sub], new_xy[sub], jam[sub] = t_sub, xy_sub, j_sub
+        fall = np.zeros_like(touch)
+        fall[sub] = f_sub
+        return touch, new_xy, fall, jam
+
+    def _pushes_near(self, rows, xy, yaw, ext, lift, include_base, held_r, held_h):
+        s = self.scene
+        pts = self._arm_points(xy, yaw, ext)
+        pr = np.full(pts.shape[:2], ARM_RADIUS)
+        pr[:, -1] = np.maximum(ARM_RADIUS, held_r)
+        zlo = np.repeat(lift[:, None] - ARM_RADIUS, ARM_POINTS, axis=1)
+        zlo[:, -1] = lift - np.maximum(ARM_RADIUS, held_h)
+        zhi = np.repeat(lift[:, None] + ARM_RADIUS, ARM_POINTS, axis=1)
+        present = np.ones(pts.shape[:2], dtype=bool)
+        present[:, :-1] &= ext[:, None] > ARM_RADIUS
+        pts = np.concatenate([xy[:, None, :], pts], axis=1)
+        pr = np.concatenate([np.full((len(rows), 1), cat.ROBOT_RADIUS), pr], axis=1)
+        zlo = np.concatenate([np.zeros((len(rows), 1)), zlo], axis=1)
+        zhi = np.concatenate([np.full((len(rows), 1), cat.BASE_HEIGHT), zhi], axis=1)
+        present = np.concatenate([include_base[:, None], present], axis=1)
+        oxy = s.obj_pos[rows, :, :2]
+        oz = s.obj_pos[rows, :, 2]
+        orad = s.obj_radius[rows]
+        otop = oz + np.maximum(s.obj_height[rows], 0.02)
+        held_mask = np.arange(s.max_objects)[None, :] == s.held[rows][:, None]
+        subject = s.obj_valid[rows] & ~held_mask
+        diff = oxy[:, None, :, :] - pts[:, :, None, :]  # [R, P, M, 2]
+        dist = np.sqrt(diff[..., 0] ** 2 + diff[..., 1] ** 2)
+        reach = pr[:, :, None] + orad[:, None, :]
+        zover = (oz[:, None, :] < zhi[:, :, None]) & (otop[:, None, :] > zlo[:, :, None])
+        overlap = (dist < reach) & zover & subject[:, None, :] & present[:, :, None]
+        touch = overlap.any(axis=1)
+        new_xy = oxy.copy()
+        fall = np.zeros_like(touch)
+        jam = np.zeros(len(rows), dtype=bool)
+        if not touch.any():
+            return touch, new_xy, fall, jam
+        depth = np.where(overlap, reach - dist, -1.0)
+        k = depth.argmax(axis=1)  # the pusher point that overlaps each object most
+        d = np.take_along_axis(dist, k[:, None, :], 1)[:, 0]
+        v = np.take_along_axis(diff, k[:, None, :, None], 1)[:, 0]
+        pen = np.take_along_axis(depth, k[:, None, :], 1)[:, 0]
+        head = np.stack([np.cos(yaw), np.sin(yaw)], axis=1)[:, None, :]
+        unit = np.where(d[..., None] > 1e-6, v / np.maximum(d, 1e-6)[..., None], head)
+        new_xy = np.where(touch[..., None], oxy + (pen + 0.005)[..., None] * unit, oxy)
+        support = s.obj_support[rows]
+        on_box = support >= 0
+        sb = np.take_along_axis(s.box[rows], np.maximum(support, 0)[..., None].astype(np.int64), 1)  # [R, M, 5]
+        outside = (new_xy[..., 0] < sb[..., 0]) | (new_xy[..., 0] > sb[..., 2]) | (new_xy[..., 1] < sb[..., 1]) | (new_xy[..., 1] > sb[..., 3])
+        fall = touch & on_box & outside
+        # jams: a pushed object (not falling) that would overlap a box other than its support
+        check = touch & ~fall
+        if check.any():
+            r_idx, o_idx = np.nonzero(check)
+            boxes = s.box[rows[r_idx]]  # [K, B, 5]
+            p = new_xy[r_idx, o_idx]
+            dx = np.maximum(np.maximum(boxes[..., 0] - p[:, None, 0], p[:, None, 0] - boxes[..., 2]), 0.0)
+            dy = np.maximum(np.maximum(boxes[..., 1] - p[:, None, 1], p[:, None, 1] - boxes[..., 3]), 0.0)
+            d2 = dx * dx + dy * dy
+            tall = boxes[..., 4] > oz[r_idx, o_idx][:, None] + 0.01
+            own = np.arange(boxes.shape[1])[None, :] == support[r_idx, o_idx][:, None]
+            hits = (d2 < orad[r_idx, o_idx][:, None] ** 2) & tall & ~own
+            jammed = hits.any(axis=1)
+            if jammed.any():
+                jam[np.unique(r_idx[jammed])] = True
+        return touch, new_xy, fall, jam
+
+    def _commit_pushes(self, rows, touch, new_xy, fall, ev: StepEvents) -> None:
+        s = self.scene
+        if not touch.any():
+            return
+        r_idx, o_idx = np.nonzero(touch)
+        rr = rows[r_idx]
+        ev.contacted[rr, o_idx] = True
+        pos = s.obj_pos[rr, o_idx]
+        pos[:, :2] = new_xy[r_idx, o_idx]
+        falling = fall[r_idx, o_idx]
+        if falling.any():
+            fr, fo = rr[falling], o_idx[falling]
+            out = pos[falling, :2] - s.robot_xy[fr]
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
+            pos[falling, :2] += 0.1 * out
+            pos[falling, 2] = 0.0
+            s.obj_support[fr, fo] = -1
+            s.obj_tilt[fr, fo] = FALL_TILT
+            ev.fell[fr, fo] = True
+        pos[:, 0] = np.clip(pos[:, 0], 0.02, s.extent[rr, 0] - 0.02)
+        pos[:, 1] = np.clip(pos[:, 1], 0.02, s.extent[rr, 1] - 0.02)
+        s.obj_pos[rr, o_idx] = pos
+
+    # ---- motions --------------------------------------------------------------------------
+
+    def _move(self, rows: np.ndarray, fwd, turn, dext, dlift, ev: StepEvents) -> None:
+        """Base moves, turns and arm motions, in sub-steps short enough that nothing passes
+        through a wall: a sub-step that would hit something is not taken and the motion stops."""
+        s = self.scene
+        xy0, yaw0 = s.robot_xy[rows].copy(), s.robot_yaw[rows].copy()
+        ext0, lift0 = s.arm_ext[rows].copy(), s.arm_lift[rows].copy()
+        ext1 = np.clip(ext0 + dext, *cat.ARM_EXTENSION_RANGE)
+        lift1 = np.clip(lift0 + dlift, *cat.ARM_LIFT_RANGE)
+        arm_motion = (dext != 0) | (dlift != 0)
+        ev.action_ok[rows] &= ~(arm_motion & (ext1 == ext0) & (lift1 == lift0))  # at a joint limit
+        head0 = np.stack([np.cos(yaw0), np.sin(yaw0)], axis=1)
+        translating = fwd != 0
+        # the gripper's arc per sub-step stays under MAX_SWEEP
+        sweep = np.abs(turn) * (cat.ROBOT_RADIUS + ext0 + 0.05) + np.abs(fwd)
+        steps = np.maximum(np.ceil(sweep / MAX_SWEEP - 1e-9).astype(np.int64), 1)
+        active = np.ones(len(rows), dtype=bool)
+        for k in range(1, int(steps.max()) + 1):
+            idx = np.flatnonzero(active & (steps >= k))
+            if idx.size == 0:
+                break
+            r = rows[idx]
+            frac = k / steps[idx]
+            xy = xy0[idx] + (fwd[idx] * frac)[:, None] * head0[idx]
+            yaw = yaw0[idx] + turn[idx] * frac
+            ext = ext0[idx] + (ext1[idx] - ext0[idx]) * frac
+            lift = lift0[idx] + (lift1[idx] - lift0[idx]) * frac
+            base_hit, arm_hit, blocked = self._contacts(r, xy, yaw, ext, lift, translating[idx])
+            touch, new_xy, fall, jam = self._pushes(r, xy, yaw, ext, lift, translating[idx])
+            blocked |= jam
+            if blocked.any():
+                bi = np.flatnonzero(blocked)
+                br = r[bi]
+                ev.collided[br] = True
+                ev.action_ok[br] = False
+                ev.box_contact[br] |= base_hit[bi] | arm_hit[bi]
+                ev.contacted[br] |= touch[bi] & jam[bi, None]
+                bumped = base_hit[bi].any(axis=1)
+                if bumped.any():
+                    bb = bi[bumped]
+                    self._jostle(r[bb], base_hit[bb], xy[bb], head0[idx][bb] * np.sign(fwd[idx][bb])[:, None], ev)
+                active[idx[bi]] = False
+            ok = np.flatnonzero(~blocked)
+            if ok.size:
+                ro = r[ok]
+                s.robot_xy[ro] = xy[ok]
+                s.robot_yaw[ro] = wrap_angle(yaw[ok])
+                s.arm_ext[ro] = ext[ok]
+                s.arm_lift[ro] = lift[ok]
+                self._commit_pushes(ro, touch[ok], new_xy[ok], fall[ok], ev)
+
+    def _jostle(self, rows: np.ndarray, boxes_hit: np.ndarray, robot_xy: np.ndarray, head: np.ndarray, ev: StepEvents) -> None:
+        """Bumping furniture shakes the objects standing on it near the contact point."""
+        s = self.scene
+        support = s.obj_support[rows]
+        on_hit = (support >= 0) & np.take_along_axis(boxes_hit, np.maximum(support, 0).astype(np.int64), 1)
+        contact = robot_xy + cat.ROBOT_RADIUS * head
+        near = np.linalg.norm(s.obj_pos[rows, :, :2] - contact[:, None, :], axis=-1) < JOSTLE_RADIUS
+        held_mask = np.arange(s.max_objects)[None, :] == s.held[rows][:, None]
+        shaken = on_hit & near & s.obj_valid[rows] & ~held_mask
+        if not shaken.any():
+            return
+        r_idx, o_idx = np.nonzero(shaken)
+        rr = rows[r_idx]
+        amount = self.rng.uniform(0.02, 0.14, size=len(rr))
+        jitter = self.rng.normal(0.0, 0.02, size=(len(rr), 2))
+        new_xy = s.obj_pos[rr, o_idx, :2] + amount[:, None] * head[r_idx] + jitter
+        s.obj_yaw[rr, o_idx] = wrap_angle(s.obj_yaw[rr, o_idx] + self.rng.uniform(-0.35, 0.35, size=len(rr)))
+        sb = s.box[rr, support[r_idx, o_idx]]
+        outside = (new_xy[:, 0] < sb[:, 0]) | (new_xy[:, 0] > sb[:, 2]) | (new_xy[:, 1] < sb[:, 1]) | (new_xy[:, 1] > sb[:, 3])
+        touch = np.zeros((len(rows), s.max_objects), dtype=bool)
+        touch[r_idx, o_idx] = True
+        full_xy = s.obj_pos[rows, :, :2].copy()
+        full_xy[r_idx, o_idx] = new_xy
+        fall = np.zeros_like(touch)
+        fall[r_idx, o_idx] = outside
+        self._commit_pushes(rows, touch, full_xy, fall, ev)
+        # shaking is not touching: contact is for what the robot itself hit
+        ev.contacted[rr, o_idx] = False
+
+    # ---- grasping -------------------------------------------------------------------------
+
+    def _pick(self, rows: np.ndarray, ev: StepEvents) -> None:
+        s = self.scene
+        free_hand = s.held[rows] < 0
+        tip = s.gripper()[rows]
+        _, _, pickupable = s.obj_category_flags()
+        d = np.linalg.norm(s.obj_pos[rows, :, :2] - tip[:, None, :2], axis=-1)
+        oz = s.obj_pos[rows, :, 2]
+        top = oz + s.obj_height[rows]
+        ok = (
+            pickupable[rows]
+            & (d < cat.GRIPPER_REACH + 0.5 * s.obj_radius[rows])
+            & (tip[:, None, 2] >= oz + 0.5 * s.obj_height[rows] - 0.05)
+            & (tip[:, None, 2] <= top + cat.GRIPPER_VERTICAL_REACH)
+            & free_hand[:, None]
+        )
+        got = ok.any(axis=1)
+        best = np.where(ok, d, np.inf).argmin(axis=1)
+        ev.action_ok[rows] &= got
+        gr = rows[got]
+        if gr.size:
+            obj = best[got]
+            s.held[gr] = obj
+            s.obj_support[gr, obj] = -1
+            s.obj_tilt[gr, obj] = 0.0
+            ev.picked[gr] = obj
+
+    def _release(self, rows: np.ndarray, ev: StepEvents) -> None:
+        s = self.scene
+        has = s.held[rows] >= 0
+        ev.action_ok[rows] &= has
+        rows = rows[has]
+        if rows.size == 0:
+            return
+        obj = s.held[rows]
+        tip = s.gripper()[rows]
+        bottom = tip[:, 2] - s.obj_height[rows, obj]
+        boxes = s.box[rows]
+        under = (
+            (boxes[..., 0] <= tip[:, None, 0]) & (tip[:, None, 0] <= boxes[..., 2])
+            & (boxes[..., 1] <= tip[:, None, 1]) & (tip[:, None, 1] <= boxes[..., 3])
+            & (boxes[..., 4] <= bottom[:, None] + 0.05) & (s.box_kind[rows] == cat.KIND_FURNITURE)
+        )  # fmt: skip
+        height = np.where(under, boxes[..., 4], -1.0)
+        support = np.where(under.any(axis=1), height.argmax(axis=1), -1)
+        z = np.where(support >= 0, height.max(axis=1), 0.0)
+        s.obj_pos[rows, obj] = np.stack([tip[:, 0], tip[:, 1], z], axis=1)
+        s.obj_support[rows, obj] = support
+        s.obj_tilt[rows, obj] = np.where(bottom - z > DROP_TOPPLE_HEIGHT, FALL_TILT, 0.0)
+        s.held[rows] = -1
+
+    def _carry(self) -> None:
+        s = self.scene
+        rows = np.flatnonzero(s.held >= 0)
+        if rows.size == 0:
+            return
+        obj = s.held[rows]
+        tip = s.gripper()[rows]
+        s.obj_pos[rows, obj] = np.stack([tip[:, 0], tip[:, 1], tip[:, 2] - s.obj_height[rows, obj]], axis=1)
+
+    # ---- sensing --------------------------------------------------------------------------
+
+    def visibility(self, camera: CameraGeometry) -> tuple[np.ndarray, np.ndarray]:
+        """Which objects ``[N, M]`` and furniture boxes ``[N, B]`` the navigation camera sees:
+        inside its field of view, within ``max_distance``, and not hidden behind a wall or
+        furniture that rises above the line of sight."""
+        s = self.scene
+        n, m, b = s.num_envs, s.max_objects, s.max_boxes
+        cam = np.concatenate([s.robot_xy, np.full((n, 1), camera.height)], axis=1)
+        # target points: object centres, and the point of each box nearest the camera
+        obj_pt = s.obj_pos.copy()
+        obj_pt[..., 2] += 0.5 * s.obj_height
+        bx = np.clip(cam[:, None, 0], s.box[..., 0], s.box[..., 2])
+        by = np.clip(cam[:, None, 1], s.box[..., 1], s.box[..., 3])
+        cx, cy = 0.5 * (s.box[..., 0] + s.box[..., 2]), 0.5 * (s.box[..., 1] + s.box[..., 3])
+        inset = 0.05
+        bx += np.sign(cx - bx) * np.minimum(inset, np.abs(cx - bx))
+        by += np.sign(cy - by) * np.minimum(inset, np.abs(cy - by))
+        box_pt = np.stack([bx, by, np.minimum(s.box[..., 4], camera.height) * 0.5], axis=-1)
+        pts = np.concatenate([obj_pt, box_pt], axis=1)  # [N, M + B, 3]
+        radius = np.concatenate([s.obj_radius, np.zeros((n, b))], axis=1)
+        valid = np.concatenate([s.obj_valid, s.box_kind == cat.KIND_FURNITURE], axis=1)
+        rel = pts - cam[:, None, :]
+        # frustum test in the camera frame, without trigonometry per entity
+        c, sn = np.cos(s.robot_yaw)[:, None], np.sin(s.robot_yaw)[:, None]
+        ahead = rel[..., 0] * c + rel[..., 1] * sn
+        side = np.abs(-rel[..., 0] * sn + rel[..., 1] * c)
+        cp, sp = np.cos(camera.pitch), np.sin(camera.pitch)
+        depth = ahead * cp + rel[..., 2] * sp
+        up = np.abs(-ahead * sp + rel[..., 2] * cp)
+        dist2 = rel[..., 0] ** 2 + rel[..., 1] ** 2 + rel[..., 2] ** 2
+        cand = (
+            valid
+            & (depth > 0.0)
+            & (side <= depth * np.tan(camera.hfov / 2) + radius)
+            & (up <= depth * np.tan(camera.vfov / 2) + radius)
+            & (dist2 <= camera.max_distance**2)
+        )
+        held_mask = np.zeros((n, m + b), dtype=bool)
+        held_rows = np.flatnonzero(s.held >= 0)
+        held_mask[held_rows, s.held[held_rows]] = True
+        cand &= ~held_mask
+        visible = np.zeros((n, m + b), dtype=bool)
+        r_idx, e_idx = np.nonzero(cand)
+        if r_idx.size:
+            a, t = cam[r_idx], pts[r_idx, e_idx]
+            boxes = s.box[r_idx]
+            t_in, t_out = segment_box_span(a[:, :2], t[:, :2], boxes)
+            z_in = a[:, None, 2] + t_in * (t[:, None, 2] - a[:, None, 2])
+            z_out = a[:, None, 2] + np.minimum(t_out, 1.0) * (t[:, None, 2] - a[:, None, 2])
+            low = np.minimum(np.where(np.isfinite(z_in), z_in, np.inf), z_out)
+            own_box = np.where(e_idx >= m, e_idx - m, -1)
+            own_support = np.where(e_idx < m, s.obj_support[r_idx, np.minimum(e_idx, m - 1)], -1)
+            bidx = np.arange(b)[None, :]
+            blocks = (t_in < 0.999) & (low < boxes[..., 4]) & (bidx != own_box[:, None]) & (bidx != own_support[:, None])
+            visible[r_idx, e_idx] = ~blocks.any(axis=1)
+        return visible[:, :m], visible[:, m:]
+
+    def ranges(self, num_rays: int = 16, max_range: float = 3.0) -> np.ndarray:
+        """[N, num_rays] distance (m) from the base's edge to the nearest wall or furniture along
+        evenly spaced bearings, starting straight ahead and going anticlockwise."""
+        s = self.scene
+        ang = s.robot_yaw[:, None] + np.linspace(0.0, 2 * np.pi, num_rays, endpoint=False)[None, :]
+        direction = np.stack([np.cos(ang), np.sin(ang)], axis=-1)
+        t_in = ray_box_entry(s.robot_xy, direction, s.box)
+        return np.clip(t_in.min(axis=2) - cat.ROBOT_RADIUS, 0.0, max_range)
