@@ -66,7 +66,13 @@ def _safety_gymnasium_ids() -> list[str]:
     try:
         import safety_gymnasium
 
-        return list(safety_gymnasium.registry.keys())
+        # safety-gymnasium 1.0.0 exports no `registry`: its ids are the set
+        # utils.registration.safe_registry (they are in gymnasium's registry too, but made through
+        # gymnasium.make their 6-tuple steps fail gymnasium's checker)
+        registry = getattr(safety_gymnasium, "registry", None)
+        if registry is None:
+            from safety_gymnasium.utils.registration import safe_registry as registry
+        return list(registry)
     except Exception:  # a broken optional install must not break make() for other ids
         return []
 
