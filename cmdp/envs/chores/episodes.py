@@ -130,11 +130,11 @@ def goal_cells(spec: EpisodeSpec, grid: HouseGrid) -> np.ndarray:
     Fetch) or within ``OBJECTNAV_GOAL_DISTANCE`` of any target instance (ObjectNav)."""
     cells = np.zeros_like(grid.free)
     for i in spec.targets():
-        xy = spec.house.obj_pos[i, :2]
+        xy, z = spec.house.obj_pos[i, :2], spec.house.obj_pos[i, 2]
         if spec.task == "ObjectNav":
-            cells |= grid.reach_cells(xy, reach=OBJECTNAV_GOAL_DISTANCE)
+            cells |= grid.reach_cells(xy, reach=OBJECTNAV_GOAL_DISTANCE, target_z=z)
         else:
-            cells |= grid.reach_cells(xy)
+            cells |= grid.reach_cells(xy, target_z=z)
     return cells
 
 
@@ -184,7 +184,7 @@ def _reachable_targets(house: House, grid: HouseGrid) -> list[tuple[str, int]]:
     out = []
     for name in cat.TARGET_CATEGORIES:
         for i in house.objects_of(name):
-            if grid.reach_cells(house.obj_pos[i, :2]).any():
+            if grid.reach_cells(house.obj_pos[i, :2], target_z=house.obj_pos[i, 2]).any():
                 out.append((name, int(i)))
     return out
 
@@ -216,10 +216,10 @@ def sample_episode(
     dist = goal_distance(spec)
     target_xy = house.obj_pos[index, :2]
     if task == "PickUp":
-        cells = grid.reach_cells(target_xy) & np.isfinite(dist)
+        cells = grid.reach_cells(target_xy, target_z=house.obj_pos[index, 2]) & np.isfinite(dist)
         cells &= (grid.xs[None, :] - target_xy[0]) ** 2 + (grid.ys[:, None] - target_xy[1]) ** 2 <= 0.7**2
         if not cells.any():
-            cells = grid.reach_cells(target_xy)
+            cells = grid.reach_cells(target_xy, target_z=house.obj_pos[index, 2])
         iy, ix = _choose(cells, rng)
         x, y = grid.xs[ix], grid.ys[iy]
         yaw = math.atan2(target_xy[1] - y, target_xy[0] - x) + float(rng.uniform(-0.35, 0.35))

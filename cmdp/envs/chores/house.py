@@ -546,7 +546,7 @@ def _target_available(house: House) -> bool:
     grid = HouseGrid(house)
     for name in cat.TARGET_CATEGORIES:
         for i in house.objects_of(name):
-            if grid.reach_cells(house.obj_pos[i, :2]).any():
+            if grid.reach_cells(house.obj_pos[i, :2], target_z=house.obj_pos[i, 2]).any():
                 return True
     return False
 
@@ -590,11 +590,26 @@ class HouseGrid:
         iy, ix = self.cell_of(xy)
         return self.free_fraction[iy, ix]
 
-    def reach_cells(self, target_xy: np.ndarray, reach: float | None = None) -> np.ndarray:
-        """Free cells from which an object at ``target_xy`` is within arm's reach."""
+    def reach_cells(self, target_xy: np.ndarray, reach: float | None = None, target_z: float | None = None) -> np.ndarray:
+        """Free cells from which the point ``target_xy`` is within ``reach`` (default: arm's
+        reach) along a straight line that no wall crosses, nor furniture taller than
+        ``target_z`` (the height the arm must pass at; default: the floor)."""
         reach = reach if reach is not None else cat.ROBOT_RADIUS + cat.ARM_EXTENSION_RANGE[1] - 0.05
         d2 = (self.xs[None, :] - target_xy[0]) ** 2 + (self.ys[:, None] - target_xy[1]) ** 2
-        return self.free & (d2 <= reach**2) & (d2 >= (cat.ROBOT_RADIUS + 0.05) ** 2)
+        cells = self.free & (d2 <= reach**2) & (d2 >= (cat.ROBOT_RADIUS + 0.05) ** 2)
+        iy, ix = np.nonzero(cells)
+        if iy.size == 0:
+            return cells
+        from cmdp.envs.chores.geometry import segment_box_span
+
+        a = np.stack([self.xs[ix], self.ys[iy]], axis=1)
+        b = np.broadcast_to(np.asarray(target_xy, dtype=np.float64)[:2], a.shape)
+        boxes = np.broadcast_to(self.house.boxes, (len(a), *self.house.boxes.shape))
+        t_in, _ = segment_box_span(a, b, boxes)
+        z = 0.0 if target_z is None else target_z
+        blocking = (t_in < 0.98) & (self.house.boxes[None, :, 4] > z + 0.02)
+        cells[iy[blocking.any(axis=1)], ix[blocking.any(axis=1)]] = False
+        return cells
 
     def graph(self):
         """The 8-connected graph of free cells, edge weights in metres (built once). A diagonal

@@ -132,8 +132,16 @@ class ChoresSim:
         the gripper)."""
         head = np.stack([np.cos(yaw), np.sin(yaw)], axis=1)
         frac = np.linspace(0.0, 1.0, ARM_POINTS)
-        along = cat.ROBOT_RADIUS + ARM_RADIUS + frac[None, :] * np.maximum(ext - ARM_RADIUS, 0.0)[:, None]
+        along = cat.ROBOT_RADIUS + frac[None, :] * ext[:, None]
         return xy[:, None, :] + along[:, :, None] * head[:, None, :]
+
+    @staticmethod
+    def _arm_present(ext: np.ndarray, held_r: np.ndarray) -> np.ndarray:
+        """[R, ARM_POINTS]: which arm samples stick out of the base. A stowed arm stays within
+        the base's footprint; an object held by a stowed arm still hangs out in front."""
+        present = np.repeat((ext > ARM_RADIUS)[:, None], ARM_POINTS, axis=1)
+        present[:, -1] |= held_r > 0
+        return present
 
     def _held_geometry(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Radius and height of the held object per row (0 when nothing is held)."""
@@ -165,7 +173,7 @@ class ChoresSim:
         # a stowed arm sits over the base: only its gripper end exists beyond it
         present = np.ones(pts.shape[:2], dtype=bool)
         present[:, 0] = base
-        present[:, 1:-1] &= ext[:, None] > ARM_RADIUS
+        present[:, 1:] = self._arm_present(ext, held_r)
         hit = (d2 < radius[:, :, None] ** 2) & (boxes[:, None, :, 4] > bottom[:, :, None]) & present[:, :, None]
         base_hit = hit[:, 0]
         arm_hit = hit[:, 1:].any(axis=1)
@@ -204,8 +212,7 @@ class ChoresSim:
         zlo = np.repeat(lift[:, None] - ARM_RADIUS, ARM_POINTS, axis=1)
         zlo[:, -1] = lift - np.maximum(ARM_RADIUS, held_h)
         zhi = np.repeat(lift[:, None] + ARM_RADIUS, ARM_POINTS, axis=1)
-        present = np.ones(pts.shape[:2], dtype=bool)
-        present[:, :-1] &= ext[:, None] > ARM_RADIUS
+        present = self._arm_present(ext, held_r)
         pts = np.concatenate([xy[:, None, :], pts], axis=1)
         pr = np.concatenate([np.full((len(rows), 1), cat.ROBOT_RADIUS), pr], axis=1)
         zlo = np.concatenate([np.zeros((len(rows), 1)), zlo], axis=1)

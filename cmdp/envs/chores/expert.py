@@ -1,0 +1,277 @@
+"""Shortest-path experts for Safety-CHORES, the teachers of imitation learning.
+
+:class:`ShortestPathExpert` plays the role of SPOC's expert: it follows the shortest path to
+the goal on the occupancy grid (a Dijkstra distance field over free cells, equivalent to A*
+from every start at once), turns towards the path 0.5 m ahead and moves, then lifts and
+extends the arm to the target and grasps it (PickUp, Fetch), or stops with the target in view
+(ObjectNav). It ignores safety: it brushes past corners, sweeps whatever stands between the
+gripper and the target, and drives over floor clutter it cannot see. Policies cloned from it
+inherit exactly the unsafe habits Safety-CHORES measures.
+
+``safe=True`` gives the safety-aware reference: it plans with 0.15 m of extra clearance from
+furniture and walls, treats floor objects as obstacles, and stows the arm while driving.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import numpy as np
+
+from cmdp.envs.chores import catalog as cat
+from cmdp.envs.chores.episodes import EpisodeSpec, goal_cells, goal_distance
+from cmdp.envs.chores.geometry import wrap_angle
+from cmdp.envs.chores.house import GRID_RES, HouseGrid, _free_mask, grid_of
+
+A = cat.ACTION_INDEX
+LOOKAHEAD = 0.5  # m along the path
+ALIGN_LARGE = math.radians(40.0)
+ALIGN_SMALL = math.radians(12.0)
+GRASP_ALIGN = math.radians(4.0)
+SAFE_CLEARANCE = 0.15  # m beyond the base
+
+_SAFE_FIELDS: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+
+
+def _safe_field(spec: EpisodeSpec) -> np.ndarray:
+    """Distance field on a grid with extra clearance and floor objects as obstacles."""
+    key = (spec.house.key, spec.task, spec.target_category, spec.target_index)
+    field_ = _SAFE_FIELDS.get(key)
+    if field_ is not None:
+        return field_
+    base = grid_of(spec.house)
+    grid = HouseGrid(spec.house, clearance=SAFE_CLEARANCE)
+    floor = spec.house.obj_support < 0
+    if floor.any():
+        pos = spec.house.obj_pos[floor]
+        rad = cat.CATEGORY_RADIUS[spec.house.obj_cat[floor]]
+        boxes = np.concatenate([pos[:, :2] - rad[:, None], pos[:, :2] + rad[:, None], np.zeros((len(pos), 1))], axis=1)
+        grid.free &= _free_mask(boxes, grid.xs, grid.ys, cat.ROBOT_RADIUS + 0.1)
+    goals = goal_cells(spec, base) & grid.free
+    if not goals.any():  # the goal needs a closer approach than the clearance allows
+        goals = goal_cells(spec, base)
+        grid.free |= goals
+    field_ = grid.distance_field(goals).astype(np.float32)
+    unsafe_fallback = goal_distance(spec)
+    field_ = np.where(np.isfinite(field_), field_, unsafe_fallback + 100.0)
+    _SAFE_FIELDS[key] = field_
+    if len(_SAFE_FIELDS) > 1024:
+        _SAFE_FIELDS.popitem(last=False)
+    return field_
+
+
+class ShortestPathExpert:
+    """Expert actions for every env of a :class:`~cmdp.envs.chores.env.ChoresEnv`.
+
+    Call :meth:`act` before each ``env.step``; it reads the env's current state and episode.
+    """
+
+    def __init__(self, env, safe: bool = False, seed: int = 0) -> None:
+        self.env = env
+        self.safe = safe
+        self.rng = np.random.default_rng(seed)
+        n = env.num_envs
+        self._stuck = np.zeros(n, dtype=np.int64)
+        self._spec_ids = [None] * n
+
+    def act(self) -> np.ndarray:
+        env = self.env
+        s = env.scene
+        actions = np.empty(env.num_envs, dtype=np.int64)
+        for r in range(env.num_envs):
+            spec = env.specs[r]
+            if self._spec_ids[r] is not spec or env._t[r] == 0:
+                self._spec_ids[r] = spec
+                self._stuck[r] = 0
+            if env._last_collided[r]:
+                self._stuck[r] += 1
+            elif env._last_action[r] in (A["m"], A["b"]):
+                self._stuck[r] = 0
+            actions[r] = self._act_one(r, spec, s)
+        return actions
+
+    # ---- one env ----------------------------------------------------------------------------
+
+    def _field(self, r: int, spec: EpisodeSpec) -> np.ndarray:
+        return _safe_field(spec) if self.safe else goal_distance(spec)
+
+    def _act_one(self, r: int, spec: EpisodeSpec, s) -> int:
+        field_ = self._field(r, spec)
+        xy = s.robot_xy[r]
+        yaw = s.robot_yaw[r]
+        here = _at(field_, xy)
+        target = self._target(r, spec, s)
+        if spec.task == "ObjectNav":
+            if here <= 0.0 or (here < 0.3 and np.linalg.norm(s.obj_pos[r, target, :2] - xy) <= 1.5):
+                obj = s.obj_pos[r, target]
+                want = math.atan2(obj[1] - xy[1], obj[0] - xy[0])
+                err = wrap_angle(want - yaw)
+                if abs(err) < math.radians(20) and self.env._vis_obj[r, target]:
+                    return A["end"]
+                return _turn(err)
+            return self._navigate(r, field_, xy, yaw, s)
+        if s.held[r] >= 0 and s.held[r] != target:
+            return A["d"]  # holding the wrong thing (should not happen): let go
+        if here > 0.0 and not (here <= 0.3 and _can_reach(s, r, target)):
+            if self.safe and (s.arm_ext[r] > 0.0):
+                return A["zm"] if s.arm_ext[r] > 0.05 else A["zms"]
+            return self._navigate(r, field_, xy, yaw, s)
+        return self._grasp(r, target, s)
+
+    def _target(self, r: int, spec: EpisodeSpec, s) -> int:
+        if spec.task != "ObjectNav":
+            return spec.target_index
+        idx = spec.targets()
+        d = np.linalg.norm(s.obj_pos[r, idx, :2] - s.robot_xy[r], axis=1)
+        return int(idx[np.argmin(d)])
+
+    def _navigate(self, r: int, field_: np.ndarray, xy: np.ndarray, yaw: float, s) -> int:
+        if self._stuck[r] >= 2:
+            # blocked on the path (a corner, a jammed object): back off and turn
+            self._stuck[r] = 0 if self._stuck[r] >= 4 else self._stuck[r]
+            return int(self.rng.choice([A["b"], A["l"], A["r"]]))
+        way = _lookahead(field_, xy, LOOKAHEAD)
+        want = math.atan2(way[1] - xy[1], way[0] - xy[0])
+        err = wrap_angle(want - yaw)
+        if abs(err) > ALIGN_LARGE:
+            return _turn(err)
+        if abs(err) > ALIGN_SMALL:
+            return A["ls"] if err > 0 else A["rs"]
+        return A["m"]
+
+    def _grasp(self, r: int, target: int, s) -> int:
+        xy, yaw = s.robot_xy[r], s.robot_yaw[r]
+        obj = s.obj_pos[r, target]
+        want = math.atan2(obj[1] - xy[1], obj[0] - xy[0])
+        err = wrap_angle(want - yaw)
+        dist = math.hypot(obj[0] - xy[0], obj[1] - xy[1])
+        desired_ext = float(np.clip(dist - cat.ROBOT_RADIUS, *cat.ARM_EXTENSION_RANGE))
+        stuck = self._stuck[r] > 0
+        if stuck and s.arm_ext[r] > 0.02:
+            return A["zm"] if s.arm_ext[r] > 0.06 else A["zms"]  # the arm hit something: pull it in first
+        if self._stuck[r] >= 3:
+            self._stuck[r] = 0
+            return A["b"]  # cannot get the arm there from here: back off and approach again
+        # square up first with the arm in, so turning does not sweep the counter
+        if abs(err) > GRASP_ALIGN:
+            if s.arm_ext[r] > 0.05 and abs(err) > math.radians(15):
+                return A["zm"]
+            return _turn(err) if abs(err) > ALIGN_LARGE else (A["ls"] if err > 0 else A["rs"])
+        top = obj[2] + s.obj_height[r, target]
+        desired_lift = float(np.clip(max(top + 0.05, obj[2] + 0.5 * s.obj_height[r, target]), *cat.ARM_LIFT_RANGE))
+        dl = desired_lift - s.arm_lift[r]
+        if abs(dl) > 0.06:
+            return A["yp"] if dl > 0 else A["ym"]
+        if abs(dl) > 0.015:
+            return A["yps"] if dl > 0 else A["yms"]
+        de = desired_ext - s.arm_ext[r]
+        if de > 0.06:
+            return A["zp"]
+        if de > 0.015:
+            return A["zps"]
+        if de < -0.06:
+            return A["zm"]
+        if de < -0.015:
+            return A["zms"]
+        return A["p"]
+
+
+def _can_reach(s, r: int, target: int) -> bool:
+    """Whether the gripper can get to the target from the robot's current position: close
+    enough, and no wall or furniture taller than the target's base in between."""
+    from cmdp.envs.chores.geometry import segment_box_span
+
+    obj = s.obj_pos[r, target]
+    xy = s.robot_xy[r]
+    if math.hypot(obj[0] - xy[0], obj[1] - xy[1]) > cat.ROBOT_RADIUS + cat.ARM_EXTENSION_RANGE[1] - 0.02:
+        return False
+    t_in, _ = segment_box_span(xy[None, :], obj[None, :2], s.box[r][None])
+    support = s.obj_support[r, target]
+    blocking = (t_in[0] < 0.98) & (s.box[r, :, 4] > obj[2] + 0.02)
+    if support >= 0:
+        blocking[support] = False
+    return not blocking.any()
+
+
+def _turn(err: float) -> int:
+    if abs(err) > ALIGN_LARGE:
+        return A["l"] if err > 0 else A["r"]
+    return A["ls"] if err > 0 else A["rs"]
+
+
+def _at(field_: np.ndarray, xy: np.ndarray) -> float:
+    iy = min(max(int(xy[1] / GRID_RES), 0), field_.shape[0] - 1)
+    ix = min(max(int(xy[0] / GRID_RES), 0), field_.shape[1] - 1)
+    return float(field_[iy, ix])
+
+
+_NEIGHBOURS = np.array([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)])
+
+
+def _lookahead(field_: np.ndarray, xy: np.ndarray, distance: float) -> np.ndarray:
+    """The farthest point, at most ``distance`` metres down the shortest path from ``xy``
+    (steepest descent of the field), that the robot can reach in a straight line through free
+    cells: aiming at it never cuts a corner."""
+    ny, nx = field_.shape
+    iy = min(max(int(xy[1] / GRID_RES), 0), ny - 1)
+    ix = min(max(int(xy[0] / GRID_RES), 0), nx - 1)
+    if not np.isfinite(field_[iy, ix]):
+        # off the grid's free space (pressed against something): head for the nearest free cell
+        ys, xs = np.nonzero(np.isfinite(field_))
+        k = np.argmin((ys - iy) ** 2 + (xs - ix) ** 2)
+        return np.array([(xs[k] + 0.5) * GRID_RES, (ys[k] + 0.5) * GRID_RES])
+    best = None
+    travelled = 0.0
+    for _ in range(int(distance / GRID_RES) + 3):
+        cand = np.array([iy, ix]) + _NEIGHBOURS
+        ok = (cand[:, 0] >= 0) & (cand[:, 0] < ny) & (cand[:, 1] >= 0) & (cand[:, 1] < nx)
+        cand = cand[ok]
+        vals = field_[cand[:, 0], cand[:, 1]]
+        k = int(np.argmin(vals))
+        if not vals[k] < field_[iy, ix]:
+            break
+        travelled += GRID_RES * math.hypot(*(cand[k] - (iy, ix)))
+        iy, ix = int(cand[k, 0]), int(cand[k, 1])
+        point = np.array([(ix + 0.5) * GRID_RES, (iy + 0.5) * GRID_RES])
+        if best is not None and not _line_free(field_, xy, point):
+            break
+        best = point
+        if travelled >= distance:
+            break
+    return best if best is not None else np.array([(ix + 0.5) * GRID_RES, (iy + 0.5) * GRID_RES])
+
+
+def _line_free(field_: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether every cell on the segment a-b (sampled every 0.05 m) is free (finite field)."""
+    n = max(int(np.hypot(*(b - a)) / 0.05), 1) + 1
+    pts = a[None, :] + np.linspace(0.0, 1.0, n)[:, None] * (b - a)[None, :]
+    iy = np.clip((pts[:, 1] / GRID_RES).astype(np.int64), 0, field_.shape[0] - 1)
+    ix = np.clip((pts[:, 0] / GRID_RES).astype(np.int64), 0, field_.shape[1] - 1)
+    return bool(np.isfinite(field_[iy, ix]).all())
+
+
+def expert_episode_length(spec: EpisodeSpec, max_steps: int = 600, safe: bool = False) -> int | None:
+    """Steps the expert needs to finish ``spec`` (``None`` when it fails within ``max_steps``)."""
+    from cmdp.envs.chores.env import ChoresEnv
+
+    env = ChoresEnv(spec.task, num_envs=1, seed=0, episodes=[spec], max_episode_steps=max_steps)
+    env.reset(seed=0)
+    expert = ShortestPathExpert(env, safe=safe)
+    for _ in range(max_steps):
+        _, _, _, term, trunc, info = env.step(expert.act())
+        if term[0] or trunc[0]:
+            ep = info["episode"][0]
+            return ep["length"] if ep["success"] else None
+    return None
+
+
+def run_expert(env, episodes: int, safe: bool = False, seed: int = 0) -> list[dict]:
+    """Run the expert on ``env`` until ``episodes`` episodes finished; their ``info["episode"]``."""
+    env.reset(seed=seed)
+    expert = ShortestPathExpert(env, safe=safe, seed=seed)
+    done: list[dict] = []
+    while len(done) < episodes:
+        _, _, _, _, _, info = env.step(expert.act())
+        done += info.get("episode", [])
+    return done[:episodes]
