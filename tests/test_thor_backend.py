@@ -505,3 +505,14 @@ def test_registration_does_not_import_ai2thor():
     assert out.returncode == 0, out.stderr
     for task in ("ObjectNav", "PickUp", "Fetch"):
         assert f"SafetyChoresThor-{task}-v0" in out.stdout
+
+
+def test_observations_and_actions_match_the_built_in_simulator():
+    """A policy trained on SafetyChores-*-v0 (obs_mode="rgb") runs on the AI2-THOR ids unchanged."""
+    builtin = cmdp.make("SafetyChores-Fetch-v0", obs_mode="rgb", image_size=(48, 80), max_episode_steps=600)
+    thor = make_replay_env(image_size=(48, 80), split="eval")
+    assert thor.observation_space == builtin.observation_space
+    assert thor.action_space == builtin.action_space and thor.cost_names == builtin.cost_names
+    assert thor.max_episode_steps == builtin.max_episode_steps == 600
+    thor.close()
+    builtin.close()

@@ -119,7 +119,8 @@ class ThorSettings:
     """m; spacing of reachable positions (and of the corner test's grid)."""
     quick_navigation: bool = True
     """Use ``MoveAheadQuick``/``RotateRightQuick`` (SafeVLA's setting) instead of
-    ``MoveAgent``/``RotateAgent``."""
+    ``MoveAgent``/``RotateAgent``. The quick actions come with SPOC's build; set False with
+    other builds."""
     camera_jitter: bool = True
     """Jitter the camera mounts (+-2 deg) and fields of view (+-1 deg) at each reset, as SafeVLA."""
     server_timeout: float = 300.0

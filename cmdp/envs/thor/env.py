@@ -301,14 +301,15 @@ class ThorChoresEnv(VectorCMDP):
         task: ``"ObjectNav"``, ``"PickUp"`` or ``"Fetch"``.
         num_envs, seed: as for every vector env (env i is seeded with ``seed + i``).
         houses_dir: local directory of ProcTHOR house JSON files (required).
-        vectorization: ``"subproc"`` (one worker process per controller, restarted when it
-            crashes; the default for ``num_envs > 1``) or ``"sync"`` (the default for one env).
+        vectorization: any mode of :func:`~cmdp.core.gym_adapter.from_env_fns`: ``"subproc"``
+            (one worker process per controller, restarted when it crashes; the default for
+            ``num_envs > 1``) or ``"sync"`` (all in this process; the default for one env).
         controller_factory: ``factory(settings)`` returning a controller; default
             :class:`~cmdp.envs.thor.controller.StretchController`. Anything else skips the
             check for ``ai2thor`` and a local build.
-        step_timeout: subproc only: seconds a worker may take for a step or reset (default:
-            the controller's ``server_timeout`` plus a minute).
-        max_restarts: subproc only: worker restarts in a row before giving up.
+        step_timeout: worker modes only: seconds a worker may take for a step or reset
+            (default: the controller's ``server_timeout`` plus a minute).
+        max_restarts: worker modes only: worker restarts in a row before giving up.
         **settings: fields of :class:`~cmdp.envs.thor.controller.ThorSettings`.
     """
 
