@@ -241,8 +241,26 @@ class ChoresSim:
         v = np.take_along_axis(diff, k[:, None, :, None], 1)[:, 0]
         pen = np.take_along_axis(depth, k[:, None, :], 1)[:, 0]
         head = np.stack([np.cos(yaw), np.sin(yaw)], axis=1)[:, None, :]
-        unit = np.where(d[..., None] > 1e-6, v / np.maximum(d, 1e-6)[..., None], head)
-        new_xy = np.where(touch[..., None], oxy + (pen + 0.005)[..., None] * unit, oxy)
+        radial = np.where(d[..., None] > 1e-6, v / np.maximum(d, 1e-6)[..., None], head)
+        pushed = oxy + (pen + 0.005)[..., None] * radial
+        # The arm carries what it hits along its own motion (extending pushes ahead, turning
+        # sweeps along the arc); the round base lets objects slide off to the side (radially).
+        prev = self._arm_points(s.robot_xy[rows], s.robot_yaw[rows], s.arm_ext[rows])
+        motion = pts[:, 1:] - prev  # [R, P, 2]
+        mk = np.take_along_axis(motion, np.maximum(k - 1, 0)[..., None], 1)  # [R, M, 2]
+        speed = np.sqrt(mk[..., 0] ** 2 + mk[..., 1] ** 2)
+        by_arm = (k > 0) & (speed > 1e-4)
+        if by_arm.any():
+            u = mk / np.maximum(speed, 1e-9)[..., None]
+            w = -v  # from the pusher point to the object is v; solve |v + s u| = reach for s >= 0
+            reach_k = np.take_along_axis(reach, k[:, None, :], 1)[:, 0]
+            b = (v * u).sum(-1)
+            c = d**2 - reach_k**2
+            along = -b + np.sqrt(np.maximum(b * b - c, 0.0))
+            swept = oxy + (along + 0.005)[..., None] * u
+            pushed = np.where(by_arm[..., None], swept, pushed)
+            del w
+        new_xy = np.where(touch[..., None], pushed, oxy)
         support = s.obj_support[rows]
         on_box = support >= 0
         sb = np.take_along_axis(s.box[rows], np.maximum(support, 0)[..., None].astype(np.int64), 1)  # [R, M, 5]
