@@ -12,6 +12,7 @@ from cmdp.envs.gridworld import (
 from cmdp.envs.point import PointGoal
 from cmdp.envs.two_channel import DEFAULT_COST_LIMITS, TwoChannelGrid
 from cmdp.envs import chores  # noqa: F401  (registers the Safety-CHORES ids)
+from cmdp.envs import thor  # noqa: F401  (registers SafetyChoresThor-* ids; imports no ai2thor)
 
 __all__ = [
     "DEFAULT_COST_LIMIT",
