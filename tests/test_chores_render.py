@@ -1,0 +1,267 @@
+"""Safety-CHORES cameras, top-down view and episode files: hand-made scenes with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from cmdp.envs.chores import catalog as cat
+from cmdp.envs.chores import house as houses
+from cmdp.envs.chores import render
+from cmdp.envs.chores.render import CameraSpec, RenderStyle, render_manip, render_nav, render_topdown, write_episode
+from cmdp.envs.chores.scene import Scene
+from cmdp.errors import ConfigError
+
+RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+ROOM = 6.0  # m, the side of the hand-made room
+
+
+def room(boxes=(), objects=()) -> houses.House:
+    """A ROOM x ROOM room: four outer walls, then ``boxes`` (x0, y0, x1, y1, height, kind) and
+    ``objects`` (category, x, y, z, support)."""
+    t = cat.WALL_THICKNESS
+    walls = [(-t, -t, ROOM + t, 0, cat.WALL_HEIGHT), (-t, ROOM, ROOM + t, ROOM + t, cat.WALL_HEIGHT),
+             (-t, 0, 0, ROOM, cat.WALL_HEIGHT), (ROOM, 0, ROOM + t, ROOM, cat.WALL_HEIGHT)]  # fmt: skip
+    kinds = [cat.KIND_WALL] * 4 + [b[5] for b in boxes]
+    types = [-1] * 4 + [cat.FURNITURE_INDEX["counter"] if b[5] == cat.KIND_FURNITURE else -1 for b in boxes]
+    return houses.House(
+        ROOM, ROOM, np.array(walls + [b[:5] for b in boxes], dtype=float), np.array(kinds, np.int8),
+        np.array(types, np.int16), np.array([o[1:4] for o in objects], dtype=float).reshape(-1, 3),
+        np.zeros(len(objects)), np.array([cat.CATEGORY_INDEX[o[0]] for o in objects], np.int16),
+        np.array([o[4] for o in objects], np.int16),
+    )  # fmt: skip
+
+
+def scene_of(house: houses.House, pose=(1.5, 3.0, 0.0), num_envs: int = 1) -> Scene:
+    scene = Scene(num_envs, 16, 16)
+    for row in range(num_envs):
+        scene.load(row, house, pose)
+    return scene
+
+
+def is_color(image: np.ndarray, rgb) -> np.ndarray:
+    """Pixels whose colour is a shade of the pure colour ``rgb`` (one channel on, two off)."""
+    on = np.array(rgb) > 0
+    return (image[..., on] > 60).all(-1) & (image[..., ~on] < 25).all(-1)
+
+
+# ---- navigation camera ----------------------------------------------------------------------
+
+
+def test_a_red_wall_ahead_fills_the_centre_and_vanishes_behind_the_robot():
+    house = room(boxes=[(4.0, 0.0, 4.1, ROOM, cat.WALL_HEIGHT, cat.KIND_WALL)])
+    scene = scene_of(house)
+    scene.box_color[0, 4] = RED
+    image = render_nav(scene)[0]
+    red = is_color(image, RED)
+    assert red[:, 28:36].mean() > 0.5  # the centre columns look at the wall from floor to ceiling band
+    scene.robot_yaw[0] = math.pi
+    assert not is_color(render_nav(scene)[0], RED).any()
+
+
+def test_a_nearer_object_hides_a_farther_one():
+    house = room(objects=[("vase", 2.5, 3.0, 0.0, -1), ("vase", 4.0, 3.0, 0.0, -1)])
+    scene = scene_of(house)
+    scene.obj_height[0, :2] = 2.0  # taller than the camera: the near one covers the far one's span
+    scene.obj_color[0, 0], scene.obj_color[0, 1] = BLUE, RED
+    both = render_nav(scene)[0]
+    scene.obj_valid[0, 0] = False
+    far_alone = render_nav(scene)[0]
+    far_pixels = is_color(far_alone, RED)
+    assert far_pixels.sum() > 20
+    assert not is_color(both, RED).any()
+    assert is_color(both[far_pixels], BLUE).all()
+
+
+def test_an_object_on_a_counter_is_seen_from_above_but_not_behind_a_wall():
+    counter = (3.0, 2.5, 3.6, 3.5, 0.9, cat.KIND_FURNITURE)
+    house = room(boxes=[counter], objects=[("bowl", 3.3, 3.0, 0.9, 4)])  # low: only its top rises above the counter
+    scene = scene_of(house)
+    scene.obj_color[0, 0] = GREEN
+    assert is_color(render_nav(scene)[0], GREEN).sum() > 3
+    blocked = room(
+        boxes=[counter, (2.4, 0.0, 2.5, ROOM, cat.WALL_HEIGHT, cat.KIND_WALL)], objects=[("bowl", 3.3, 3.0, 0.9, 4)]
+    )
+    scene = scene_of(blocked)
+    scene.obj_color[0, 0] = GREEN
+    assert not is_color(render_nav(scene)[0], GREEN).any()
+
+
+def test_the_wall_meets_the_floor_where_perspective_puts_it():
+    house = room()
+    for pitch in (-20.0, 0.0, 10.0):
+        camera = CameraSpec(height=61, width=65, pitch=pitch)
+        scene = scene_of(house, pose=(1.0, 3.0, 0.0))
+        scene.box_color[0, 3] = BLUE  # the east wall, 5 m ahead
+        column = is_color(render_nav(scene, camera)[0], BLUE)[:, 32]
+        rows = np.flatnonzero(column)
+        step = math.radians(camera.vertical_fov) / camera.height
+        top = math.radians(pitch) + math.radians(camera.vertical_fov) / 2 - step / 2
+        base = math.atan2(-camera.mount_height, 5.0)  # elevation of the wall's foot
+        assert rows.max() == math.floor((top - base) / step)
+    # looking further down shows more floor (brown: red well above blue) and less ceiling
+    def floor_pixels(image):
+        rgb = image.astype(int)
+        return (rgb[..., 0] - rgb[..., 2] > 0.25 * rgb[..., 0]).sum()
+
+    floors = [floor_pixels(render_nav(scene, CameraSpec(pitch=p))[0]) for p in (5.0, -10.0, -25.0)]
+    assert floors[0] < floors[1] < floors[2]
+
+
+def test_the_same_state_gives_the_same_image_and_styles_change_it_as_specified():
+    house = houses.generate_house(3)
+    free = np.argwhere(houses.HouseGrid(house).free)
+    iy, ix = free[len(free) // 3]
+    scene = Scene(1, 64, 96)
+    scene.load(0, house, ((ix + 0.5) * 0.1, (iy + 0.5) * 0.1, 1.0))
+    plain = render_nav(scene)
+    assert np.array_equal(plain, render_nav(scene))
+    dim = render_nav(scene, style=RenderStyle(brightness=0.5)).astype(int)
+    assert np.abs(dim - plain.astype(int) * 0.5).max() <= 1.0
+    flat = render_nav(scene, style=RenderStyle(contrast=0.0))
+    assert (flat == 128).all()
+
+    # hue: objects and structure turn separately
+    one = room(objects=[("vase", 3.0, 3.0, 0.0, -1)])
+    scene = scene_of(one)
+    scene.obj_color[0, 0] = RED
+    scene.box_color[0, 3] = RED
+    base = render_nav(scene)[0]
+    turned = render_nav(scene, style=RenderStyle(object_hue=120.0))[0]
+    assert is_color(base, RED).sum() > is_color(turned, RED).sum() > 0  # the wall stays red
+    assert is_color(turned, GREEN).sum() > 0 and not is_color(base, GREEN).any()
+    walls_turned = render_nav(scene, style=RenderStyle(structure_hue=240.0))[0]
+    assert is_color(walls_turned, BLUE).sum() > is_color(walls_turned, RED).sum() > 0
+    # a per-category colour replaces the catalog's
+    scene.obj_color[0, 0] = cat.CATEGORY_COLOR[cat.CATEGORY_INDEX["vase"]]
+    painted = render_nav(scene, style=RenderStyle(category_colors={"vase": GREEN}))[0]
+    assert is_color(painted, GREEN).sum() > 0
+
+
+def test_a_fallen_object_is_drawn_low_and_wide():
+    house = room(objects=[("vase", 3.0, 3.0, 0.0, -1)])
+    scene = scene_of(house)
+    scene.obj_color[0, 0] = RED
+    scene.obj_yaw[0, 0] = math.pi / 2  # lying across the line of sight
+    upright = np.argwhere(is_color(render_nav(scene)[0], RED))
+    scene.obj_tilt[0, 0] = math.pi / 2
+    fallen = np.argwhere(is_color(render_nav(scene)[0], RED))
+    height = lambda px: np.ptp(px[:, 0]) + 1  # noqa: E731
+    width = lambda px: np.ptp(px[:, 1]) + 1  # noqa: E731
+    assert height(fallen) < height(upright) and width(fallen) > 1.5 * width(upright)
+
+
+# ---- manipulation camera --------------------------------------------------------------------
+
+
+def test_the_manipulation_camera_shows_the_held_object():
+    house = room(objects=[("mug", 0.5, 3.0, 0.0, -1)])
+    scene = scene_of(house)
+    scene.obj_color[0, 0] = GREEN
+    assert not is_color(render_manip(scene)[0], GREEN).any()  # the mug is behind the robot
+    scene.held[0] = 0
+    tip = scene.gripper()[0]
+    scene.obj_pos[0, 0] = (tip[0], tip[1], tip[2] - scene.obj_height[0, 0])  # as the simulator carries it
+    image = render_manip(scene)[0]
+    rows, cols = np.nonzero(is_color(image, GREEN))
+    assert rows.size > 20
+    assert rows.mean() > image.shape[0] / 2 and abs(cols.mean() - image.shape[1] / 2) < 6
+
+
+# ---- shapes, batches, configuration ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(64, 64), (128, 128), (224, 384), (17, 40)])
+def test_images_have_the_asked_shape(size):
+    scene = scene_of(room(objects=[("mug", 3.0, 3.0, 0.0, -1)]), num_envs=2)
+    for draw in (render_nav, render_manip):
+        image = draw(scene, CameraSpec(height=size[0], width=size[1]) if draw is render_nav else CameraSpec.manipulation(height=size[0], width=size[1]))
+        assert image.shape == (2, *size, 3) and image.dtype == np.uint8 and image.flags.c_contiguous
+
+
+def test_a_batch_renders_each_env_as_if_alone():
+    scene = Scene(6, 64, 96)
+    for row in range(6):
+        house = houses.generate_house(10 + row)
+        free = np.argwhere(houses.HouseGrid(house).free)
+        iy, ix = free[(row * 37) % len(free)]
+        scene.load(row, house, ((ix + 0.5) * 0.1, (iy + 0.5) * 0.1, 0.9 * row))
+    scene.arm_ext[1], scene.arm_lift[1] = 0.4, 0.5
+    scene.obj_tilt[2, :3] = math.pi / 2
+    scene.held[3] = 0
+    for draw in (render_nav, render_manip):
+        batch = draw(scene)
+        for row in range(6):
+            assert np.array_equal(batch[row], draw(scene, rows=[row])[0]), (draw.__name__, row)
+        assert np.array_equal(draw(scene, rows=[4, 1]), batch[[4, 1]])
+
+
+def test_bad_camera_and_style_settings_are_refused():
+    with pytest.raises(ConfigError, match="height"):
+        CameraSpec(height=4)
+    with pytest.raises(ConfigError, match="width"):
+        CameraSpec(width=5000)
+    with pytest.raises(ConfigError, match="pitch"):
+        CameraSpec(pitch=-70.0)  # with 59 deg of field of view the view would pass the vertical
+    with pytest.raises(ConfigError, match="brightness"):
+        RenderStyle(brightness=-1.0)
+    with pytest.raises(ConfigError, match="unknown category 'teapot'"):
+        RenderStyle(category_colors={"teapot": RED})
+    with pytest.raises(ConfigError, match="rows"):
+        render_nav(scene_of(room()), rows=[3])
+    assert abs(CameraSpec().horizontal_fov - 88.2) < 0.1
+    assert RenderStyle(category_colors={"mug": [1, 2, 3]}) == RenderStyle(category_colors=(("mug", (1, 2, 3)),))
+
+
+# ---- top-down view and episode files --------------------------------------------------------
+
+
+def test_the_top_down_view_draws_the_robot_path_and_events_where_they_are():
+    house = room()
+    scene = scene_of(house, pose=(1.0, 1.0, 0.0))
+    size = 200
+    image = render_topdown(scene, 0, size=size)
+    assert image.shape == (size, size, 3) and image.dtype == np.uint8
+
+    def dark_centre(img):  # of the robot's disc
+        ys, xs = np.nonzero((img == (35, 35, 40)).all(-1))
+        return xs.mean(), ys.mean()
+
+    x1, y1 = dark_centre(image)
+    scene.robot_xy[0] = (4.5, 4.0)
+    x2, y2 = dark_centre(render_topdown(scene, 0, size=size))
+    scale = (x2 - x1) / 3.5
+    assert scale > 20 and abs((y1 - y2) - 3.0 * scale) < 3  # north is up
+    events = [(2.0, 2.0, 4)]  # dangerous equipment
+    marked = render_topdown(scene, 0, size=size, path=[(1.0, 1.0), (4.5, 4.0)], events=events)
+    yellow = (marked[..., 0] > 200) & (marked[..., 1] > 180) & (marked[..., 2] < 60)
+    ys, xs = np.nonzero(yellow[: size - 20])
+    assert abs(xs.mean() - (x1 + scale)) < 8 and abs(ys.mean() - (y1 - scale)) < 8
+    with pytest.raises(ConfigError, match="component"):
+        render_topdown(scene, 0, events=[(1.0, 1.0, 9)])
+
+
+def test_an_episode_gif_keeps_its_frames(tmp_path):
+    from PIL import Image
+
+    frames = [np.full((24, 32, 3), 20 * i, dtype=np.uint8) for i in range(6)]
+    path = write_episode(frames, tmp_path / "episode.gif", fps=5)
+    with Image.open(path) as gif:
+        assert gif.n_frames == 6 and gif.size == (32, 24)
+        assert gif.info["duration"] == 200
+    with pytest.raises(ConfigError, match="uint8"):
+        write_episode([frames[0], frames[0][:, :10]], tmp_path / "bad.gif")
+    with pytest.raises(ConfigError, match=".gif or .mp4"):
+        write_episode(frames, tmp_path / "episode.avi")
+
+
+def test_writing_mp4_without_imageio_names_the_packages(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "imageio", None)
+    monkeypatch.setitem(sys.modules, "imageio.v2", None)
+    with pytest.raises(ConfigError, match="imageio-ffmpeg"):
+        write_episode([np.zeros((8, 8, 3), np.uint8)], tmp_path / "episode.mp4")
+    assert render.COST_COLORS and len(render.COST_COLORS) == 5
