@@ -65,7 +65,7 @@ __all__ = [
     "EnvFn",
 ]
 
-VECTORIZATIONS = ("sync", "subproc")
+VECTORIZATIONS = ("sync", "subproc", "ray")
 DEFAULT_COST_NAMES = ("cost",)
 
 
@@ -431,6 +431,23 @@ def check_seed(seed: Any) -> int | None:
     return int(seed)
 
 
+def check_worker_settings(step_timeout: Any, start_timeout: Any, max_restarts: Any) -> None:
+    """Check the crash-restart settings of the vector envs whose envs live in workers."""
+    for name, value in (("step_timeout", step_timeout), ("start_timeout", start_timeout)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ConfigError(f"{name} must be a positive finite number of seconds, got {value!r}")
+    if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+        raise ConfigError(f"max_restarts must be an integer >= 0, got {max_restarts!r}")
+
+
+def restart_seed(seed_base: int | None, index: int, restarts: int) -> int | None:
+    """A fresh, reproducible seed for the env at ``index`` after its ``restarts``-th restart, or
+    None if the run is unseeded."""
+    if seed_base is None:
+        return None
+    return int(np.random.SeedSequence([seed_base, index, restarts]).generate_state(1)[0])
+
+
 def check_max_episode_steps(steps: Any) -> int | None:
     if steps is None:
         return None
@@ -462,24 +479,28 @@ def from_env_fns(
         cost_fn: ``cost_fn(obs, action, next_obs, info) -> float | sequence``, called per env per
             step; overrides any cost the env reports.
         cost_names: names of the K cost channels; fixes K (see the module docstring).
-        vectorization: ``"sync"`` (one process) or ``"subproc"`` (one worker process per env,
-            restarted when it crashes).
+        vectorization: ``"sync"`` (one process), ``"subproc"`` (one worker process per env,
+            restarted when it crashes) or ``"ray"`` (one Ray actor per env, replaced when it
+            dies; see :class:`~cmdp.core.ray_vector.RayVectorCMDP`).
         seed: the first :meth:`reset` without a seed seeds env i with ``seed + i``.
         max_episode_steps: truncate every episode after this many steps (None: only the envs'
             own limits).
-        step_timeout: subproc only: seconds to wait for a worker's step or reset before it is
-            considered hung and restarted.
-        max_restarts: subproc only: restarts of one worker in a row, without a successful step
-            between them, before :class:`~cmdp.errors.EnvWorkerError` is raised.
+        step_timeout: subproc and ray only: seconds to wait for a worker's step or reset before
+            it is considered hung and restarted.
+        max_restarts: subproc and ray only: restarts of one worker in a row, without a
+            successful step between them, before :class:`~cmdp.errors.EnvWorkerError` is raised.
     """
     if vectorization == "sync":
         return SyncVectorCMDP(
             env_fns, cost_fn=cost_fn, cost_names=cost_names, seed=seed, max_episode_steps=max_episode_steps
         )
-    if vectorization == "subproc":
-        from cmdp.core.subproc import SubprocVectorCMDP
+    if vectorization in ("subproc", "ray"):
+        if vectorization == "subproc":
+            from cmdp.core.subproc import SubprocVectorCMDP as WorkerVectorCMDP
+        else:
+            from cmdp.core.ray_vector import RayVectorCMDP as WorkerVectorCMDP
 
-        return SubprocVectorCMDP(
+        return WorkerVectorCMDP(
             env_fns,
             cost_fn=cost_fn,
             cost_names=cost_names,

@@ -82,7 +82,7 @@ def make(env_id: str, num_envs: int = 1, seed: int | None = None, **kwargs: Any)
 
     ``seed`` seeds the first reset (env i gets ``seed + i``). Extra keyword arguments go to the
     env's constructor; for gymnasium ids ``cost_fn(obs, action, next_obs, info) -> float | array``,
-    ``cost_names`` and ``vectorization="sync" | "subproc"`` are understood as well.
+    ``cost_names`` and ``vectorization="sync" | "subproc" | "ray"`` are understood as well.
     """
     if not isinstance(env_id, str):
         raise TypeError(f"env_id must be a string, got {type(env_id).__name__}")

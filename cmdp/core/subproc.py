@@ -44,6 +44,8 @@ from cmdp.core.gym_adapter import (
     call_env_fn,
     check_env_fns,
     check_max_episode_steps,
+    check_worker_settings,
+    restart_seed,
 )
 from cmdp.core.vector import Obs
 from cmdp.errors import CMDPError, ConfigError, EnvWorkerError
@@ -93,11 +95,7 @@ class SubprocVectorCMDP(RunnerVectorCMDP):
     ) -> None:
         env_fns = check_env_fns(env_fns)
         max_episode_steps = check_max_episode_steps(max_episode_steps)
-        for name, value in (("step_timeout", step_timeout), ("start_timeout", start_timeout)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-                raise ConfigError(f"{name} must be a positive finite number of seconds, got {value!r}")
-        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
-            raise ConfigError(f"max_restarts must be an integer >= 0, got {max_restarts!r}")
+        check_worker_settings(step_timeout, start_timeout, max_restarts)
         methods = multiprocessing.get_all_start_methods()
         if start_method is None:
             start_method = "forkserver" if "forkserver" in methods else "spawn"
@@ -231,10 +229,7 @@ class SubprocVectorCMDP(RunnerVectorCMDP):
 
     def _restart_seed(self, index: int) -> int | None:
         """A fresh, reproducible seed for a restarted env, or None if the run is unseeded."""
-        if self._seed_base is None:
-            return None
-        entropy = [self._seed_base, index, self._workers[index].restarts + 1]
-        return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+        return restart_seed(self._seed_base, index, self._workers[index].restarts + 1)
 
     def close(self) -> None:
         """Ask every worker to close its env, then end the processes. Safe to call twice."""
