@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import datetime
+import json
 import multiprocessing
 import os
 import sys
@@ -221,29 +223,71 @@ def run_grid(
     )
     progress = GridProgress(len(plan.cells), len(finished), sum(s.total_steps for s in todo), note)
     report = GridReport(out, plan, [], [])
-    if todo:
-        backend = _backend(config)
-        try:
-            for spec, result, error in _schedule(backend, todo, cells_dir, progress):
-                if error is not None:
-                    report.failures[spec.name] = error
-                    (cells_dir / spec.name).mkdir(parents=True, exist_ok=True)
-                    (cells_dir / spec.name / cellmod.ERROR_FILE).write_text(error, encoding="utf-8")
-                    progress.failed(spec, error)
-                else:
-                    write_json(cells_dir / spec.name / cellmod.RESULT_FILE, result)
-                    finished[spec.name] = result
-                    report.ran.append(spec.name)
-                    progress.finished(spec, result)
-        finally:
-            backend.close()
+    completed = False
+    try:
+        if todo:
+            _run_cells(config, todo, cells_dir, progress, report, finished)
+        completed = True
+    finally:  # a killed grid still records how long it ran
+        report.seconds = time.monotonic() - t0
+        _log_invocation(out, config, report, interrupted=not completed)
     report.results = [finished[s.name] for s in plan.cells if s.name in finished]
     report.table = write_summary(out, report.results, plan, command)
-    report.seconds = time.monotonic() - t0
     if report.failures:
         note(f"cmdp benchmark: {len(report.failures)} cell(s) failed: {', '.join(report.failures)} (see their error.txt)")
     note(f"cmdp benchmark: done in {_duration(report.seconds)}; tables in {out / 'results.md'}")
     return report
+
+
+def _run_cells(
+    config: GridConfig,
+    todo: list[CellSpec],
+    cells_dir: Path,
+    progress: "GridProgress",
+    report: GridReport,
+    finished: dict[str, dict[str, Any]],
+) -> None:
+    """Run ``todo`` on the configured backend; write each result as it arrives."""
+    backend = _backend(config)
+    completed = False
+    try:
+        for spec, result, error in _schedule(backend, todo, cells_dir, progress):
+            if error is not None:
+                report.failures[spec.name] = error
+                (cells_dir / spec.name).mkdir(parents=True, exist_ok=True)
+                (cells_dir / spec.name / cellmod.ERROR_FILE).write_text(error, encoding="utf-8")
+                progress.failed(spec, error)
+            else:
+                write_json(cells_dir / spec.name / cellmod.RESULT_FILE, result)
+                finished[spec.name] = result
+                report.ran.append(spec.name)
+                progress.finished(spec, result)
+        completed = True
+    finally:
+        backend.close(abort=not completed)
+
+
+def _log_invocation(out: Path, config: GridConfig, report: GridReport, interrupted: bool) -> None:
+    """Append this run's wall time to ``invocations.json``: the time a grid took, summed over
+    the invocations that ran cells, survives the kills and resumes of a long grid."""
+    path = out / "invocations.json"
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+    except ValueError:
+        entries = []
+    entries.append(
+        {
+            "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+            "seconds": report.seconds,
+            "cells_run": len(report.ran),
+            "cells_failed": len(report.failures),
+            "interrupted": interrupted,
+            "backend": _backend_name(config),
+            # how busy the machine was: the cells' steps/s depend on it
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        }
+    )
+    write_json(path, entries)
 
 
 def _finished_result(cell_dir: Path, spec: CellSpec) -> dict[str, Any] | None:
@@ -332,8 +376,8 @@ class _Backend:
     def wait_any(self, handles: list[Any]) -> list[tuple[Any, dict[str, Any] | None, str | None]]:
         raise NotImplementedError
 
-    def close(self) -> None:
-        pass
+    def close(self, abort: bool) -> None:
+        """Release the workers; ``abort`` (the grid was interrupted) also stops running cells."""
 
 
 class _InlineBackend(_Backend):
@@ -391,8 +435,9 @@ class _ProcessBackend(_Backend):
                 events.append((future, None, text))
         return events
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, abort: bool) -> None:
+        # on Ctrl-C the workers got the SIGINT too and stop on their own; do not wait for them
+        self._pool.shutdown(wait=not abort, cancel_futures=True)
 
 
 class _RayBackend(_Backend):
@@ -418,21 +463,28 @@ class _RayBackend(_Backend):
         self.capacity = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         # a task whose worker process dies is retried (and resumes from the cell's checkpoint)
         self._task = ray.remote(num_cpus=1, max_retries=2)(_cell_task)
+        self._in_flight: set[Any] = set()
 
     def submit(self, spec: CellSpec, cell_dir: Path) -> Any:
-        return self._task.remote(spec.to_dict(), str(cell_dir))
+        ref = self._task.remote(spec.to_dict(), str(cell_dir))
+        self._in_flight.add(ref)
+        return ref
 
     def wait_any(self, handles: list[Any]) -> list[tuple[Any, dict[str, Any] | None, str | None]]:
         ready, _ = self._ray.wait(handles, num_returns=1)
         events = []
         for ref in ready:
+            self._in_flight.discard(ref)
             try:
                 events.append((ref, self._ray.get(ref), None))
             except self._ray.exceptions.RayError as e:
                 events.append((ref, None, str(e)))
         return events
 
-    def close(self) -> None:
+    def close(self, abort: bool) -> None:
+        if abort:  # stop the cells still running on a cluster that outlives this grid
+            for ref in self._in_flight:
+                self._ray.cancel(ref, force=True)
         if self._started:
             self._ray.shutdown()
 
