@@ -179,6 +179,7 @@ def test_images_have_the_asked_shape(size):
     for draw in (render_nav, render_manip):
         image = draw(scene, CameraSpec(height=size[0], width=size[1]) if draw is render_nav else CameraSpec.manipulation(height=size[0], width=size[1]))
         assert image.shape == (2, *size, 3) and image.dtype == np.uint8 and image.flags.c_contiguous
+        assert draw(scene, rows=[]).shape == (0, 64, 64, 3)
 
 
 def test_a_batch_renders_each_env_as_if_alone():

@@ -2,37 +2,42 @@
 cameras (observations for VLA-style policies), a top-down view for people, and episode GIFs.
 
 The egocentric cameras (:func:`render_nav`, :func:`render_manip`) draw ``N`` houses as one
-numpy batch, with no Python loop over envs, columns or pixel rows.
+numpy batch. Nothing loops in Python over envs, image columns or pixel rows; the loops that
+remain run over the few depth layers of step 3 and, for large images, over blocks of envs
+sized to keep temporaries near a megabyte.
 
 How a camera image is made. The world is 2.5-D: every solid thing is a vertical *prism*, a
 footprint extruded between a bottom and a top height. Walls and furniture are axis-aligned
 rectangles standing on the floor; small objects are upright discs (cylinders) or rotated
 squares (boxes) standing on the floor or on a furniture top; a fallen object lies on its
-side as a low rectangle, as long as the object was tall; the robot's arm and gripper are
-thin rectangles at the arm's height.
+side as a low rectangle, as long as the object was tall; the robot's arm and the gripper's
+two fingers are thin rectangles at the arm's height.
 
 1. Every image column is one horizontal ray from the camera. Each ray is intersected with
    every prism footprint (a slab test in the prism's own frame for rectangles, a chord for
    discs), giving the distances where it enters and leaves the footprint.
 2. Walls reach the ceiling, so nothing behind the nearest wall can be seen. Of the prisms
-   in front of it, the ``MAX_LAYERS`` nearest are kept, sorted by distance; the wall is
-   one more layer behind them.
+   in front of it, the ``MAX_LAYERS`` nearest are kept in paint order; the wall is one
+   more layer behind them. Paint order: prisms standing on the floor have disjoint
+   footprints, so the one the ray leaves first is in front; a prism raised above the floor
+   (on a furniture top, or in the gripper) sorts by where the ray enters it, which is
+   nearer than where the ray leaves the furniture below it, and wherever the two are in
+   line the raised prism is indeed in front of that furniture's top.
 3. Each row of a column looks up or down at its own elevation angle, which includes the
-   camera's pitch. Seen along one column, a prism covers the rows between its bottom and
-   top front edges (its vertical face, at the entry distance) and, when it is lower than
-   the camera, the rows up to its far top edge (its flat top, between the entry and exit
-   distances). The layers are painted from far to near, each over the rows it covers;
-   an object standing on a furniture top is painted just after the furniture, since
-   wherever both are in line the object is in front of the top.
+   camera's pitch. Along one column a prism covers the rows between its bottom and top
+   front edges (its vertical face, at the entry distance) and, when it is lower than the
+   camera, the rows up to its far top edge (its flat top, between the entry and exit
+   distances); a prism above the camera shows its bottom instead. The layers are painted
+   from far to near, each over the rows it covers.
 4. Rows that no prism covers show the floor or the ceiling, darkened with the distance at
    which that row meets them; vertical faces are shaded by their direction (walls facing
    different ways differ in brightness, cylinders darken towards their silhouette) and by
    distance, so depth and shape can be read from a 64x64 image.
 
 The projection is *equirectangular*: columns are evenly spaced in azimuth and rows in
-elevation, which is what makes step 3 exact per row for any pitch. Straight lines bend
-slightly towards the image corners compared with a pinhole camera; within the default
-59 x 88 degree field this moves no point by more than a few per cent of the image size.
+elevation, which is what makes step 3 exact per row for any pitch. Unlike a pinhole
+camera's, straight horizontal edges bow: the foot of a wall 3 m ahead of the navigation
+camera sits about 11% of the image height higher at the image's sides than at its centre.
 
 Default cameras follow SafeVLA's Stretch: 59 degrees of vertical field of view and the
 horizontal field of view of its 384x224 frames (about 88 degrees), so the default 64x64
@@ -77,7 +82,7 @@ _LIGHT = (0.6, 0.8)  # horizontal direction that lights vertical faces
 FACE_SHADE_MIN = 0.72  # brightness of a flat vertical face turned away from the light
 CYLINDER_SHADE_MIN = 0.45  # brightness of a cylinder at its silhouette
 ARM_HALF_THICKNESS = 0.025  # m (the simulator's arm bar)
-FINGER_SIZE = (0.035, 0.012, 0.09)  # m: half-length along the arm, half-width, reach below the arm
+FINGER_SIZE = (0.035, 0.01, 0.08)  # m: half-length along the arm, half-width, reach below the arm
 FINGER_SPREAD = 0.06  # m from the arm's axis to each finger's
 ARM_COLOR = (70, 72, 82)
 FINGER_COLOR = (30, 30, 36)
@@ -204,8 +209,8 @@ class CameraSpec:
 
     @classmethod
     def manipulation(cls, **overrides: Any) -> "CameraSpec":
-        """The gripper camera: 0.12 m behind and 0.15 m above the gripper, 45 degrees down."""
-        return cls(**{"mount_height": 0.15, "forward_offset": -0.12, "pitch": -45.0, **overrides})
+        """The gripper camera: 0.1 m behind and 0.15 m above the gripper, 45 degrees down."""
+        return cls(**{"mount_height": 0.15, "forward_offset": -0.1, "pitch": -45.0, **overrides})
 
     def replace(self, **changes: Any) -> "CameraSpec":
         return dataclasses.replace(self, **changes)
@@ -311,26 +316,29 @@ class _Prisms:
         return _Prisms(self.data[:, part, :width], self.valid[part, :width])
 
 
-def _scene_prisms(scene: Scene, rows: np.ndarray, style: RenderStyle) -> tuple[_Prisms, _Prisms, _Prisms]:
+def _scene_prisms(scene: Scene, rows: np.ndarray, style: RenderStyle, arm: bool) -> tuple[_Prisms, _Prisms, _Prisms]:
     """The prisms of the envs ``rows``: axis-aligned boxes (walls and furniture), rotated
-    rectangles (box-shaped and fallen objects, the arm and the gripper's fingers) and discs
-    (upright cylinders)."""
+    rectangles (box-shaped and fallen objects, the arm (if ``arm``) and the gripper's
+    fingers) and discs (upright cylinders)."""
     f32 = np.float32
-    box = scene.box[rows].astype(f32)
+    # the scene pads every env to as many boxes and objects as the fullest house may hold
+    nb = _used(scene.box_kind[rows] >= 0)
+    no = _used(scene.obj_valid[rows])
+    box = scene.box[rows, :nb].astype(f32)
     n = box.shape[0]
     boxes = _Prisms.build(
-        scene.box_kind[rows] >= 0, _rotate_hue(scene.box_color[rows].astype(f32), style.structure_hue),
+        scene.box_kind[rows, :nb] >= 0, _rotate_hue(scene.box_color[rows, :nb].astype(f32), style.structure_hue),
         cx=0.5 * (box[..., 0] + box[..., 2]), cy=0.5 * (box[..., 1] + box[..., 3]), ux=1.0, uy=0.0,
         half_a=0.5 * (box[..., 2] - box[..., 0]), half_b=0.5 * (box[..., 3] - box[..., 1]), z0=0.0, z1=box[..., 4],
     )  # fmt: skip
 
-    pos = scene.obj_pos[rows].astype(f32)
-    category = np.maximum(scene.obj_cat[rows], 0)
-    radius = scene.obj_radius[rows].astype(f32)
-    tall = scene.obj_height[rows].astype(f32)
-    tilt = np.abs(scene.obj_tilt[rows]).astype(f32)
-    yaw = scene.obj_yaw[rows].astype(f32)
-    color = scene.obj_color[rows].astype(f32)
+    pos = scene.obj_pos[rows, :no].astype(f32)
+    category = np.maximum(scene.obj_cat[rows, :no], 0)
+    radius = scene.obj_radius[rows, :no].astype(f32)
+    tall = scene.obj_height[rows, :no].astype(f32)
+    tilt = np.abs(scene.obj_tilt[rows, :no]).astype(f32)
+    yaw = scene.obj_yaw[rows, :no].astype(f32)
+    color = scene.obj_color[rows, :no].astype(f32)
     if style.category_colors:
         override, colors = _category_palette(style)
         color = np.where(override[category][..., None], colors[category], color)
@@ -339,7 +347,7 @@ def _scene_prisms(scene: Scene, rows: np.ndarray, style: RenderStyle) -> tuple[_
     # (pi/2) it is as long as it was tall and two radii high
     sin_t, cos_t = np.abs(np.sin(tilt)), np.abs(np.cos(tilt))
     objects = _Prisms.build(
-        scene.obj_valid[rows], color, cx=pos[..., 0], cy=pos[..., 1], ux=np.cos(yaw), uy=np.sin(yaw),
+        scene.obj_valid[rows, :no], color, cx=pos[..., 0], cy=pos[..., 1], ux=np.cos(yaw), uy=np.sin(yaw),
         half_a=radius * cos_t + 0.5 * tall * sin_t, half_b=radius, z0=pos[..., 2],
         z1=pos[..., 2] + tall * cos_t + 2 * radius * sin_t,
     )  # fmt: skip
@@ -355,7 +363,7 @@ def _scene_prisms(scene: Scene, rows: np.ndarray, style: RenderStyle) -> tuple[_
     centres = np.stack([tip - (0.5 * ext)[:, None] * head, tip + FINGER_SPREAD * side, tip - FINGER_SPREAD * side], axis=1)
     finger_a, finger_b, finger_drop = FINGER_SIZE
     robot = _Prisms.build(
-        np.stack([ext > 1e-3, np.ones(n, bool), np.ones(n, bool)], axis=1),
+        np.stack([(ext > 1e-3) & arm, np.ones(n, bool), np.ones(n, bool)], axis=1),
         np.array([ARM_COLOR, FINGER_COLOR, FINGER_COLOR], f32)[None],
         cx=centres[..., 0], cy=centres[..., 1], ux=head[:, :1], uy=head[:, 1:],
         half_a=np.stack([0.5 * ext, np.full(n, finger_a, f32), np.full(n, finger_a, f32)], axis=1),
@@ -365,6 +373,12 @@ def _scene_prisms(scene: Scene, rows: np.ndarray, style: RenderStyle) -> tuple[_
     )  # fmt: skip
     rects = _Prisms(np.concatenate([objects.data, robot.data], axis=2), np.concatenate([objects.valid & ~disc, robot.valid], axis=1))
     return boxes, rects, _Prisms(objects.data, objects.valid & disc)
+
+
+def _used(valid: np.ndarray) -> int:
+    """How many leading columns of ``valid`` ``[n, P]`` hold anything (at least one)."""
+    filled = np.flatnonzero(valid.any(axis=0))
+    return int(filled[-1]) + 1 if filled.size else 1
 
 
 def _cull(prisms: _Prisms, cam: np.ndarray, yaw: np.ndarray, hfov: float) -> _Prisms:
@@ -458,17 +472,22 @@ def _cast_discs(p: _Prisms, cam: np.ndarray, dx: np.ndarray, dy: np.ndarray):
     return enter, leave, CYLINDER_SHADE_MIN + (1 - CYLINDER_SHADE_MIN) * incidence
 
 
-def _render(scene: Scene, rows: np.ndarray, cam: np.ndarray, spec: CameraSpec, style: RenderStyle) -> np.ndarray:
+def _render(
+    scene: Scene, rows: np.ndarray, cam: np.ndarray, spec: CameraSpec, style: RenderStyle, arm: bool = True
+) -> np.ndarray:
     """Images ``[n, H, W, 3]`` of the envs ``rows`` seen from cameras at ``cam`` ``[n, 3]``,
-    looking along the robots' headings, pitched by ``spec.pitch``.
+    looking along the robots' headings, pitched by ``spec.pitch``; ``arm``: draw the arm's bar
+    (the manipulation camera rides on it and does not see it).
 
     The prisms are gathered and culled for all envs at once; rays and pixels are then worked
     through in blocks of envs whose temporaries stay around a megabyte or two, small enough
     to be reused from the heap rather than mapped afresh (see :func:`_keep_heap_warm`)."""
     _keep_heap_warm()
     n = len(rows)
+    if n == 0:
+        return np.zeros((0, spec.height, spec.width, 3), dtype=np.uint8)
     yaw = scene.robot_yaw[rows]
-    groups = [_cull(g, cam, yaw, math.radians(spec.horizontal_fov)) for g in _scene_prisms(scene, rows, style)]
+    groups = [_cull(g, cam, yaw, math.radians(spec.horizontal_fov)) for g in _scene_prisms(scene, rows, style, arm)]
     prisms = sum(g.cx.shape[1] for g in groups)
     block = max(1, min(RAY_BLOCK // (spec.width * prisms), PIXEL_BLOCK // (spec.width * spec.height)))
     out = np.empty((n, spec.height, spec.width, 3), dtype=np.uint8)
@@ -519,20 +538,21 @@ def _render_block(groups: list[_Prisms], cam: np.ndarray, yaw: np.ndarray, spec:
     # 1e-4 in the key) and one integer sort finds the nearest layers.
     total = int(starts[-1])
     index_bits = INDEX_BITS if total <= 1 << INDEX_BITS else int(total - 1).bit_length()
-    keys = np.empty((n, W, total), dtype=np.float32)
+    encoded = []
     for g, (enter, leave, _) in enumerate(cast):
-        out = keys[..., starts[g] : starts[g + 1]]
-        raised = (groups[g].z0 > 1e-3)[:, None, :]
         # a missed prism has enter = inf and so gets key inf
-        np.maximum(np.where(raised, enter, leave - np.float32(1e-3)), enter, out=out)
-        if g == 0:
-            np.maximum(out, np.where(is_wall, np.float32(np.inf), np.float32(0.0)), out=out)
-        np.copyto(out, np.float32(np.inf), where=out >= wall_dist)
-    encoded = keys.view(np.int32)
-    encoded &= ~((1 << index_bits) - 1)
-    encoded |= np.arange(total, dtype=np.int32)
+        key = np.maximum(leave - np.float32(1e-3), enter)
+        if g:
+            np.copyto(key, enter, where=(groups[g].z0 > 1e-3)[:, None, :])
+        else:
+            np.copyto(key, np.float32(np.inf), where=is_wall)
+        np.copyto(key, np.float32(np.inf), where=key >= wall_dist)
+        bits = key.view(np.int32)
+        bits &= ~((1 << index_bits) - 1)
+        bits |= np.arange(starts[g], starts[g + 1], dtype=np.int32)
+        encoded.append(bits)
     k = min(MAX_LAYERS, total)
-    nearest = np.sort(encoded, axis=2)[..., :k]
+    nearest = np.sort(np.concatenate(encoded, axis=2), axis=2)[..., :k]
     near_index = nearest & ((1 << index_bits) - 1)
     near_key = (nearest & ~((1 << index_bits) - 1)).view(np.float32)
     layers = np.concatenate([near_index, wall[..., None].astype(np.int32)], axis=2)  # [n, W, L], wall last
@@ -540,18 +560,22 @@ def _render_block(groups: list[_Prisms], cam: np.ndarray, yaw: np.ndarray, spec:
     num_layers = layers.shape[2]
 
     # per layer: what the casters found along its ray, and its prism's heights and colour
-    ray = (np.arange(n)[:, None, None] * W + np.arange(W)[None, :, None]).astype(np.intp)
-    hits = []
-    for i in range(3):
-        got = None
-        for g in range(len(groups)):
-            local = np.clip(layers - starts[g], 0, max(sizes[g] - 1, 0))
-            values = np.take(cast[g][i], ray * sizes[g] + local) if sizes[g] else np.zeros(layers.shape, np.float32)
-            got = values if got is None else np.where((layers >= starts[g]) & (layers < starts[g + 1]), values, got)
-        hits.append(got)
-    l_enter = np.where(present, hits[0], np.float32(1.0))
-    l_leave = np.where(present, np.maximum(hits[1], l_enter), np.float32(1.0))
-    face = hits[2]
+    ray = (np.arange(n, dtype=np.intp)[:, None, None] * W + np.arange(W)[None, :, None])
+    picks = []
+    for g in range(len(groups)):
+        mine = (layers >= starts[g]) & (layers < starts[g + 1])
+        picks.append((mine, ray * sizes[g] + np.where(mine, layers - starts[g], 0)))
+
+    def per_layer(i: int) -> np.ndarray:
+        got = np.take(cast[0][i], picks[0][1])
+        for g in (1, 2):
+            if sizes[g]:
+                np.copyto(got, np.take(cast[g][i], picks[g][1]), where=picks[g][0])
+        return got
+
+    l_enter = np.where(present, per_layer(0), np.float32(1.0))
+    l_leave = np.where(present, np.maximum(per_layer(1), l_enter), np.float32(1.0))
+    face = per_layer(2)
     # per-prism values, one plane each: z0, z1, r, g, b
     planes = np.concatenate([g.data[6:11] for g in groups], axis=2)
     flat_layers = np.arange(n)[:, None, None] * total + layers
@@ -592,17 +616,26 @@ def _render_block(groups: list[_Prisms], cam: np.ndarray, yaw: np.ndarray, spec:
     # comparisons run fastest: l is layer l's vertical face, L + l its top or bottom face
     code_type = np.uint8 if 2 * L + H <= 256 else np.uint16
     row = np.arange(H, dtype=np.int16)
-    code = np.empty((n, W, H), dtype=code_type)
+    code = np.empty((n * W, H), dtype=code_type)
     code[:] = (2 * L + row).astype(code_type)
-    span = (last - first).astype(np.uint16)[..., None]
-    front_span = (front_last - front_first).astype(np.uint16)[..., None]
-    first, front_first = first[..., None], front_first[..., None]
+    columns = n * W
+    first, front_first = first.reshape(columns, L, 1), front_first.reshape(columns, L, 1)
+    span = (last.reshape(columns, L, 1) - first).astype(np.uint16)
+    front_span = (front_last.reshape(columns, L, 1) - front_first).astype(np.uint16)
+    shown = ~empty.reshape(columns, L)
     for layer in range(L - 1, -1, -1):
+        # most columns show only one or two prisms before the wall: paint a deep layer only
+        # in the columns that have it
+        some = np.flatnonzero(shown[:, layer]) if shown[:, layer].mean() < 0.4 else slice(None)
+        target = code[some]
         # first <= row <= last as one unsigned comparison: row - first wraps when negative
-        covered = (row - first[:, :, layer]).view(np.uint16) <= span[:, :, layer]
-        np.copyto(code, L + layer, where=covered)
-        front = (row - front_first[:, :, layer]).view(np.uint16) <= front_span[:, :, layer]
-        np.copyto(code, layer, where=front)
+        covered = (row - first[some, layer]).view(np.uint16) <= span[some, layer]
+        np.copyto(target, L + layer, where=covered)
+        front = (row - front_first[some, layer]).view(np.uint16) <= front_span[some, layer]
+        np.copyto(target, layer, where=front)
+        if not isinstance(some, slice):
+            code[some] = target
+    code = code.reshape(n, W, H)
     index = np.ascontiguousarray(code.transpose(0, 2, 1)).astype(np.int32)
     index += (np.arange(n * W, dtype=np.int32) * (2 * L + H)).reshape(n, 1, W)
     return _unpack_rgb(np.take(table.reshape(-1), index))
@@ -692,7 +725,7 @@ def render_manip(
     grip = scene.gripper()[idx]
     xy = grip[:, :2] + camera.forward_offset * scene.heading()[idx]
     z = grip[:, 2:] + camera.mount_height
-    return _render(scene, idx, np.concatenate([xy, _clip_height(z)], axis=1), camera, style)
+    return _render(scene, idx, np.concatenate([xy, _clip_height(z)], axis=1), camera, style, arm=False)
 
 
 def _clip_height(z: np.ndarray) -> np.ndarray:
