@@ -16,6 +16,7 @@ from cmdp.algorithms import OnPolicyAlgorithm
 from cmdp.benchmark import EnvSettings, GridConfig, plan_grid, run_cell, run_grid
 from cmdp.benchmark import runner as runner_module
 from cmdp.benchmark.cells import eval_schedule
+from cmdp.benchmark.summary import format_limits
 from cmdp.cli import main
 from cmdp.errors import ConfigError
 
@@ -86,6 +87,8 @@ def test_tiny_grid_writes_tables_and_plots_that_match_the_cells(tiny_grid):
         over = [any(c["final"]["ep_costs"][n] > lim for n, lim in zip(names, limits)) for c in mine]
         assert float(row["over_limit_fraction"]) == pytest.approx(np.mean(over))
         assert float(row["steps_per_second"]) == pytest.approx(np.mean([c["steps_per_second"] for c in mine]))
+        success = np.mean([c["final"]["success_rate"] for c in mine])  # the gridworlds report reaching the goal
+        assert float(row["success_rate"]) == pytest.approx(success)
     assert rows[0]["cost_limit"] == "1.0" and rows[2]["cost_limit"] == "0.5;0.3"
     assert rows[2]["cost_channels"] == "lava;water"
 
@@ -93,9 +96,10 @@ def test_tiny_grid_writes_tables_and_plots_that_match_the_cells(tiny_grid):
     md = (out / "results.md").read_text()
     assert "Command: `pytest tiny grid`" in md and "Skipped: NoSuchEnv-v0" in md
     for row in rows:
-        mean, std = float(row["ep_return_mean"]), float(row["ep_return_std"])
-        assert re.search(rf"\| {row['env']} \| {row['solver']} \| 2 \| [\d,]+ \| {mean:.2f} ± {std:.2f} \|", md)
-    assert "lava " in md and "| 0.50, 0.30 |" in md
+        mean, std, success = (float(row[k]) for k in ("ep_return_mean", "ep_return_std", "success_rate"))
+        pattern = rf"\| {row['env']} \| {row['solver']} \| 2 \| [\d,]+ \| {mean:.2f} ± {std:.2f} \| {100 * success:.0f}% \|"
+        assert re.search(pattern, md)
+    assert "lava " in md and "| 0.50, 0.30 |" in md and "| 1.00 |" in md
 
     for env in ("GridWorld-v0", "TwoChannelGrid-v0"):
         with Image.open(out / "plots" / f"{env}.png") as image:
@@ -291,6 +295,7 @@ def test_settings_and_config_checks():
             EnvSettings(env_id="GridWorld-v0", cost_limit=1.0, small_steps=1, full_steps=1, config={"lr": 1.0}),
         ))  # fmt: skip
     assert GridConfig(out="x", address="ray://head:10001").ray
+    assert format_limits([2.3] * 5) == "2.30 each" and format_limits([0.5, 0.3]) == "0.50, 0.30"
 
 
 def test_eval_schedule_is_in_whole_epochs_and_ends_at_the_last_step():

@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from cmdp.benchmark.summary import format_limits
 from cmdp.errors import CheckpointError, ConfigError
 from cmdp.runlog import read_progress, to_jsonable, write_json
 
@@ -279,7 +280,7 @@ def read_curve(run_dir: Path, cost_names: list[str]) -> dict[str, Any]:
 
 def _progress_line(spec: CellSpec, evaluation: Mapping[str, Any]) -> str:
     costs = ", ".join(f"{k} {v:.3g}" for k, v in evaluation["ep_costs"].items())
-    limits = "/".join(f"{x:g}" for x in spec.cost_limit)
+    limits = format_limits(spec.cost_limit, "{:g}".format)
     share = 100 * evaluation["step"] / spec.total_steps
     return (
         f"  {spec.name}: step {evaluation['step']:,}/{spec.total_steps:,} ({share:.0f}%)  "
@@ -291,6 +292,6 @@ def summarize_final(result: Mapping[str, Any]) -> str:
     """One line for the grid's progress: final return and costs against the limits."""
     final = result["final"]
     costs = ", ".join(f"{name} {final['ep_costs'][name]:.3g}" for name in result["cost_names"])
-    limits = "/".join(f"{x:g}" for x in result["cost_limit"])
+    limits = format_limits(result["cost_limit"], "{:g}".format)
     flag = "OVER" if result["over_limit"] else "ok"
     return f"EpRet {final['ep_return']:.3g}, EpCost {costs} (limit {limits}, {flag})"

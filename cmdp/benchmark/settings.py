@@ -16,6 +16,8 @@ Why these numbers:
   (and of OmniSafe's). Episodes are long, so evaluation runs 10.
 * Safety-CHORES (state observations): SafeVLA constrains the cumulative cost of an episode to
   about 2.3; cmdp puts one limit on each of the five components, so 2.3 is the budget of each.
+  The built-in simulator trains at a few hundred steps/s here (PPOLag on Fetch, one thread),
+  so the full grid gives each cell 200,000 steps, the budget of cmdp's own Fetch example.
 * safety-gymnasium's SafetyPointGoal1-v0 and SafetyCarGoal1-v0: limit 25 as published; a
   tenth of OmniSafe's 1e7 steps in the full grid, because the simulator alone steps about
   1,600 times a second on the 2-core reference machine (over ten minutes per cell already).
@@ -106,8 +108,8 @@ def _chores(task: str) -> EnvSettings:
     return EnvSettings(
         env_id=f"SafetyChores-{task}-v0",
         cost_limit=2.3,
-        small_steps=50_000,
-        full_steps=500_000,
+        small_steps=20_000,
+        full_steps=200_000,
         in_small_grid=False,
         eval_episodes=20,
         config={"env_kwargs": {"obs_mode": "state"}},

@@ -158,6 +158,13 @@ def fmt(x: float) -> str:
     return f"{x:.2f}"
 
 
+def format_limits(limits: Sequence[float], number: Any = fmt) -> str:
+    """Per-channel limits, or one value and "each" when every channel has the same one."""
+    if len(limits) > 1 and len(set(limits)) == 1:
+        return f"{number(limits[0])} each"
+    return ", ".join(number(x) for x in limits)
+
+
 def _pm(mean_std: tuple[float, float]) -> str:
     return f"{fmt(mean_std[0])} ± {fmt(mean_std[1])}"
 
@@ -165,19 +172,19 @@ def _pm(mean_std: tuple[float, float]) -> str:
 def markdown_table(rows: Sequence[SolverRow]) -> str:
     """The results as a Markdown table (EpCost per channel when there are several)."""
     lines = [
-        "| env | solver | seeds | steps | EpRet | EpCost | limit | over limit | train steps/s |",
-        "|---|---|---:|---:|---|---|---|---:|---:|",
+        "| env | solver | seeds | steps | EpRet | success | EpCost | limit | over limit | train steps/s |",
+        "|---|---|---:|---:|---|---:|---|---|---:|---:|",
     ]
     for r in rows:
         if len(r.cost_names) == 1:
             cost = _pm(r.ep_cost)
         else:
             cost = ", ".join(f"{n} {_pm(ms)}" for n, ms in zip(r.cost_names, r.ep_costs))
-        limit = ", ".join(fmt(x) for x in r.cost_limit)
         speed = f"{r.steps_per_second:,.0f}" if r.steps_per_second else "-"
+        success = "-" if r.success_rate is None else f"{100 * r.success_rate:.0f}%"
         lines.append(
-            f"| {r.env_id} | {r.solver} | {len(r.seeds)} | {r.steps:,} | {_pm(r.ep_return)} | {cost} | {limit} "
-            f"| {r.over_limit}/{len(r.seeds)} | {speed} |"
+            f"| {r.env_id} | {r.solver} | {len(r.seeds)} | {r.steps:,} | {_pm(r.ep_return)} | {success} | {cost} "
+            f"| {format_limits(r.cost_limit, fmt)} | {r.over_limit}/{len(r.seeds)} | {speed} |"
         )
     return "\n".join(lines)
 
@@ -229,9 +236,14 @@ def plot_env(env_id: str, results: Sequence[Mapping[str, Any]], path: Path) -> P
     limits = list(results[0]["cost_limit"])
     panels = [("ep_return", "episode return", None)]
     panels += [(f"ep_cost/{n}", f"episode cost: {n}", lim) for n, lim in zip(names, limits)]
-    fig = Figure(figsize=(4.2 * len(panels), 3.4), layout="constrained")
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(4.2 * ncols, 0.4 + 3.2 * nrows), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    grid = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for unused in grid[len(panels) :]:
+        unused.set_visible(False)
+    axes = grid[: len(panels)]
     seeds = sorted({r["cell"]["seed"] for r in results})
     fig.suptitle(f"{env_id}: training episodes, mean ± std over {len(seeds)} seed(s); dots: evaluations")
     for color, (solver, cells) in zip(_colors(len(by_solver)), by_solver.items()):
