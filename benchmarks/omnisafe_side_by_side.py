@@ -1,0 +1,452 @@
+"""cmdp and OmniSafe side by side on safety-gymnasium's SafetyPointGoal1-v0.
+
+    bash benchmarks/peers/setup_omnisafe.sh               # once: builds .peers/omnisafe
+    .peers/omnisafe/bin/python benchmarks/omnisafe_side_by_side.py [--steps 200000] [--out BENCHMARKS.md]
+
+Trains OmniSafe 0.5.0's PPOLag, CPO, FOCOPS and CPPOPID and cmdp's PPOLag, CPO, FOCOPS and
+PIDLag (the PID-Lagrangian counterpart of CPPOPID) for the same number of env steps, then
+evaluates every final policy on the same episodes.
+
+Matched settings: steps per epoch (OmniSafe's default for this task, 20,000), actor and critic
+networks (64x64 tanh, OmniSafe's default, which is also cmdp's), cost limit (25 per episode),
+one torch thread per run, the same number of envs (2 by default; OmniSafe steps them in
+safety-gymnasium's subprocess vector env, cmdp in its ``SubprocVectorCMDP``), observation
+normalisation on, and the same seed. Everything else is each library's own default: how much
+work an update does per sample is part of what a library is, so it is part of the throughput
+being compared (OmniSafe's PPO-family updates make 40 passes in minibatches of 64; cmdp's make
+10 passes in minibatches of 1,024 with KL early stopping).
+
+Throughput is env steps over the wall time of the training call alone (no set-up, no
+evaluation), rollout and update included. Each run is its own process. Runs alternate between
+the two libraries, and the order within each pair of solvers flips from pair to pair, so that
+the load of a shared machine falls on both alike; the load average at the start of each run is
+recorded in the JSON results.
+
+Evaluation: each final policy plays ``--eval-episodes`` full episodes (1,000 steps each) in one
+``safety_gymnasium.make`` env reset with seeds 10000, 10001, ...; the observation normaliser is
+frozen; torch is seeded identically before the episodes. Actions are sampled from the policy
+(the optimum of a CMDP is in general stochastic, and cmdp evaluates that way) and, as a second
+figure, taken deterministically at the mean (OmniSafe's evaluator does that).
+
+Each finished run writes ``<results-dir>/<library>-<solver>.json``; a killed benchmark run
+again skips the runs whose JSON matches the current settings. ``--out`` writes the table into
+that Markdown file (section key ``omnisafe``) with date, machine, command and versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ENV_ID = "SafetyPointGoal1-v0"
+PAIRS = (("PPOLag", "PPOLag"), ("CPO", "CPO"), ("FOCOPS", "FOCOPS"), ("CPPOPID", "PIDLag"))
+"""(OmniSafe solver, cmdp solver) pairs that are compared."""
+
+REPO = Path(__file__).resolve().parent.parent
+PUBLISHED = {  # OmniSafe's published results: 1e7 steps, 5 seeds, cost limit 25 (EpRet, EpCost)
+    "PPOLag": (12.96, 25.80),
+    "CPO": (20.46, 28.84),
+    "FOCOPS": (14.97, 33.72),
+    "CPPOPID": (8.43, 25.74),
+}
+EVAL_SEED = 10_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every run shares; a saved result is reused only when its settings are equal."""
+
+    steps: int
+    steps_per_epoch: int
+    num_envs: int
+    cost_limit: float
+    seed: int
+    eval_episodes: int
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    env_id: str = ENV_ID
+
+
+# ---- CPU time of a process tree --------------------------------------------------------------
+
+
+def tree_cpu_seconds(root: int | None = None) -> float:
+    """User + system CPU seconds of process ``root`` and all its live descendants, plus what they
+    collected from children they reaped (Linux /proc).
+
+    The machine is shared, so wall-clock throughput depends on what else runs; CPU time spent per
+    env step does not, and it counts the env worker processes of both libraries too.
+    """
+    root = os.getpid() if root is None else root
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        fields = text.rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+        utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+        stats[int(entry)] = (int(fields[1]), (utime + stime + cutime + cstime) / os.sysconf("SC_CLK_TCK"))
+    total, frontier = 0.0, [root]
+    while frontier:
+        pid = frontier.pop()
+        total += stats.get(pid, (0, 0.0))[1]
+        frontier += [child for child, (parent, _) in stats.items() if parent == pid]
+    return total
+
+
+# ---- evaluation shared by both libraries ---------------------------------------------------
+
+
+def evaluate_policy(act: Callable[[np.ndarray, bool], np.ndarray], settings: Settings, deterministic: bool) -> dict:
+    """Play ``settings.eval_episodes`` seeded episodes with ``act(raw_obs[1, d], deterministic)``."""
+    import safety_gymnasium
+    import torch
+
+    env = safety_gymnasium.make(settings.env_id)
+    torch.manual_seed(EVAL_SEED)
+    returns, costs = [], []
+    try:
+        for episode in range(settings.eval_episodes):
+            obs, _ = env.reset(seed=EVAL_SEED + episode)
+            ep_ret = ep_cost = 0.0
+            done = False
+            while not done:
+                action = act(np.asarray(obs, dtype=np.float32)[None], deterministic)[0]
+                obs, reward, cost, terminated, truncated, _ = env.step(action)
+                ep_ret += float(reward)
+                ep_cost += float(cost)
+                done = terminated or truncated
+            returns.append(ep_ret)
+            costs.append(ep_cost)
+    finally:
+        env.close()
+    return {
+        "ep_return": float(np.mean(returns)),
+        "ep_return_std": float(np.std(returns)),
+        "ep_cost": float(np.mean(costs)),
+        "ep_cost_std": float(np.std(costs)),
+    }
+
+
+def evaluate_both_ways(act: Callable[[np.ndarray, bool], np.ndarray], settings: Settings) -> dict:
+    return {
+        "eval_sampled": evaluate_policy(act, settings, deterministic=False),
+        "eval_deterministic": evaluate_policy(act, settings, deterministic=True),
+    }
+
+
+# ---- one run per process ------------------------------------------------------------------
+
+
+def run_cmdp(solver: str, settings: Settings, workdir: Path) -> dict:
+    import torch
+
+    from cmdp.algorithms import ALGORITHMS
+
+    algo = ALGORITHMS[solver](
+        settings.env_id,
+        cost_limit=settings.cost_limit,
+        seed=settings.seed,
+        run_dir=False,
+        progress_bar=False,
+        num_envs=settings.num_envs,
+        steps_per_epoch=settings.steps_per_epoch,
+        hidden_sizes=settings.hidden_sizes,
+        activation=settings.activation,
+        torch_threads=1,
+        env_kwargs={"vectorization": "subproc" if settings.num_envs > 1 else "sync"},
+    )
+    epochs = []
+    train_seconds = cpu_seconds = 0.0
+    try:
+        # one learn() call per epoch, to print progress; learn() continues where it stopped
+        while algo.global_step < settings.steps:
+            t0, cpu0 = time.perf_counter(), tree_cpu_seconds()
+            algo.learn(min(settings.steps, algo.global_step + settings.steps_per_epoch))
+            train_seconds += time.perf_counter() - t0
+            cpu_seconds += tree_cpu_seconds() - cpu0
+            info = algo.last_info
+            epochs.append(
+                {
+                    "step": algo.global_step,
+                    "ep_return": info.get("Metrics/EpRet"),
+                    "ep_cost": info.get("Metrics/EpCost"),
+                    "rollout_s": info["Time/Rollout"],
+                    "update_s": info["Time/Update"],
+                }
+            )
+            print(f"cmdp {solver} step {algo.global_step}: {epochs[-1]}", flush=True)
+
+        def act(obs: np.ndarray, deterministic: bool) -> np.ndarray:
+            return algo.predict(obs, deterministic=deterministic)[0]
+
+        result = {"train_seconds": train_seconds, "cpu_seconds": cpu_seconds, "steps": algo.global_step, "epochs": epochs}
+        result |= evaluate_both_ways(act, settings)
+        result["torch_threads"] = torch.get_num_threads()
+        return result
+    finally:
+        algo.close()
+
+
+def omnisafe_configs(solver: str, settings: Settings, log_dir: Path) -> dict:
+    """OmniSafe ``custom_cfgs`` matching ``settings``; the cost limit goes where the solver keeps it."""
+    from omnisafe.utils.config import get_default_kwargs_yaml
+
+    defaults = get_default_kwargs_yaml(solver, settings.env_id, "on-policy").todict()
+    network = {"hidden_sizes": list(settings.hidden_sizes), "activation": settings.activation}
+    cfgs: dict[str, Any] = {
+        "seed": settings.seed,
+        "train_cfgs": {
+            "total_steps": settings.steps,
+            "torch_threads": 1,
+            "vector_env_nums": settings.num_envs,
+            "device": "cpu",
+        },
+        "algo_cfgs": {"steps_per_epoch": settings.steps_per_epoch},
+        "logger_cfgs": {"log_dir": str(log_dir), "use_tensorboard": False, "use_wandb": False},
+        "model_cfgs": {"actor": dict(network), "critic": dict(network)},
+    }
+    placed = False
+    for section in ("lagrange_cfgs", "algo_cfgs"):
+        if "cost_limit" in (defaults.get(section) or {}):
+            cfgs.setdefault(section, {})["cost_limit"] = settings.cost_limit
+            placed = True
+    if not placed:
+        raise RuntimeError(f"OmniSafe's {solver} config has no cost_limit where expected")
+    return cfgs
+
+
+def run_omnisafe(solver: str, settings: Settings, workdir: Path) -> dict:
+    import omnisafe
+    import torch
+
+    agent = omnisafe.Agent(solver, settings.env_id, custom_cfgs=omnisafe_configs(solver, settings, workdir / "omnisafe-runs"))
+    t0, cpu0 = time.perf_counter(), tree_cpu_seconds()
+    agent.learn()
+    train_seconds = time.perf_counter() - t0
+    cpu_seconds = tree_cpu_seconds() - cpu0
+    algo = agent.agent
+    # OmniSafe 0.5.0 keeps the trained actor and the observation normaliser here; its own
+    # Evaluator reloads the same two objects from the saved checkpoint.
+    actor = algo._actor_critic.actor
+    normalizer = copy.deepcopy(algo._env.save()["obs_normalizer"])
+    space = algo._env._env.action_space  # the env's own bounds, before OmniSafe's ActionScale
+    low, high = torch.as_tensor(space.low), torch.as_tensor(space.high)
+
+    def act(obs: np.ndarray, deterministic: bool) -> np.ndarray:
+        with torch.no_grad():
+            x = torch.as_tensor(obs)
+            # frozen: OmniSafe's Normalizer.normalize would also update its statistics
+            x = torch.clamp((x - normalizer.mean) / normalizer.std, -normalizer._clip, normalizer._clip)
+            a = actor.predict(x, deterministic=deterministic)
+            a = low + (high - low) * (a + 1.0) / 2.0  # OmniSafe's ActionScale from [-1, 1]
+        return a.numpy()
+
+    result = {
+        "train_seconds": train_seconds,
+        "cpu_seconds": cpu_seconds,
+        "steps": int(settings.steps),
+        "log_dir": str(algo.logger.log_dir),
+    }
+    result |= evaluate_both_ways(act, settings)
+    result["torch_threads"] = torch.get_num_threads()
+    agent.agent._env.close()
+    return result
+
+
+def worker_main(args: argparse.Namespace) -> None:
+    settings = Settings(**json.loads(args.settings))
+    settings = Settings(**(asdict(settings) | {"hidden_sizes": tuple(settings.hidden_sizes)}))
+    library, solver = args.worker.split(":")
+    workdir = Path(args.result).parent
+    load = os.getloadavg()[0]
+    run = run_cmdp if library == "cmdp" else run_omnisafe
+    result = run(solver, settings, workdir)
+    result |= {"library": library, "solver": solver, "settings": asdict(settings), "load_at_start": load}
+    result["load_at_end"] = os.getloadavg()[0]
+    result["env_steps_per_s"] = result["steps"] / result["train_seconds"]
+    result["env_steps_per_cpu_s"] = result["steps"] / result["cpu_seconds"]
+    Path(args.result).write_text(json.dumps(result, indent=1))
+
+
+# ---- the driver ----------------------------------------------------------------------------
+
+
+def run_order(pairs: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+    """Alternate libraries, flipping which goes first from one pair to the next."""
+    order = []
+    for i, (theirs, ours) in enumerate(pairs):
+        pair = [("omnisafe", theirs), ("cmdp", ours)]
+        order += pair if i % 2 == 0 else pair[::-1]
+    return order
+
+
+def load_result(path: Path, settings: Settings) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    saved = dict(result.get("settings", {}))
+    saved["hidden_sizes"] = tuple(saved.get("hidden_sizes", ()))
+    return result if saved == asdict(settings) else None
+
+
+def versions() -> str:
+    from importlib.metadata import version
+
+    names = ("cmdp", "omnisafe", "safety-gymnasium", "gymnasium", "torch", "mujoco")
+    return ", ".join(f"{n} {version(n)}" for n in names)
+
+
+def build_table(results: dict[tuple[str, str], dict], settings: Settings, command: str) -> str:
+    from report import machine_line  # benchmarks/report.py, beside this script
+
+    loads = [r[k] for r in results.values() for k in ("load_at_start", "load_at_end")]
+    lines = [
+        machine_line(),
+        "",
+        f"Command: `{command}` (with the peer env's python, built by `bash benchmarks/peers/setup_omnisafe.sh`). "
+        f"Versions: {versions()}.",
+        "",
+        f"`{settings.env_id}`, {settings.steps:,} env steps per solver, seed {settings.seed}, "
+        f"{settings.steps_per_epoch:,} steps per epoch, {settings.num_envs} envs in subprocesses, "
+        f"networks {list(settings.hidden_sizes)} {settings.activation}, cost limit {settings.cost_limit:g}, one torch "
+        f"thread per run; other settings are each library's defaults. Runs alternated between the libraries.",
+        "",
+        f"Throughput counts the training call only (rollout and update). *Wall*: env steps per second of wall time; "
+        f"the machine is shared, and the 1-minute load average ranged from {min(loads):.1f} to {max(loads):.1f} "
+        f"at the starts and ends of the runs (2 cores), so these depend on what else ran. *CPU*: env steps per "
+        f"CPU-second summed over the run's processes (trainer and env workers), which does not.",
+        "",
+        f"Evaluation: the final policy plays {settings.eval_episodes} episodes on seeds {EVAL_SEED}.."
+        f"{EVAL_SEED + settings.eval_episodes - 1}, the same for every run, with a frozen observation normaliser; "
+        f"EpRet / EpCost with actions sampled from the policy, and taken at its mean (deterministic) in the "
+        f"last column.",
+        "",
+        "| OmniSafe / cmdp solver | wall env-steps/s OmniSafe / cmdp | ratio | CPU env-steps/s OmniSafe / cmdp "
+        "| ratio | EpRet / EpCost OmniSafe | EpRet / EpCost cmdp | deterministic OmniSafe; cmdp |",
+        "|---|---:|---:|---:|---:|---|---|---|",
+    ]
+    wall_ratios, cpu_ratios = [], []
+    for theirs, ours in PAIRS:
+        a, b = results.get(("omnisafe", theirs)), results.get(("cmdp", ours))
+        if a is None or b is None:
+            continue
+        wall = b["env_steps_per_s"] / a["env_steps_per_s"]
+        cpu = b["env_steps_per_cpu_s"] / a["env_steps_per_cpu_s"]
+        wall_ratios.append(wall)
+        cpu_ratios.append(cpu)
+        sa, sb = a["eval_sampled"], b["eval_sampled"]
+        da, db = a["eval_deterministic"], b["eval_deterministic"]
+        lines.append(
+            f"| {theirs} / {ours} | {a['env_steps_per_s']:,.0f} / {b['env_steps_per_s']:,.0f} | **{wall:.2f}x** "
+            f"| {a['env_steps_per_cpu_s']:,.0f} / {b['env_steps_per_cpu_s']:,.0f} | **{cpu:.2f}x** "
+            f"| {sa['ep_return']:.2f} / {sa['ep_cost']:.1f} | {sb['ep_return']:.2f} / {sb['ep_cost']:.1f} "
+            f"| {da['ep_return']:.2f} / {da['ep_cost']:.1f}; {db['ep_return']:.2f} / {db['ep_cost']:.1f} |"
+        )
+    if wall_ratios:
+        lines += [
+            "",
+            f"Median ratio cmdp/OmniSafe: **{statistics.median(wall_ratios):.2f}x** wall, "
+            f"**{statistics.median(cpu_ratios):.2f}x** CPU (target: 3x).",
+        ]
+    published = ", ".join(f"{k} {r:g} / {c:g}" for k, (r, c) in PUBLISHED.items())
+    lines += [
+        "",
+        f"For scale, OmniSafe's published results after 1e7 steps (5 seeds, EpRet / EpCost): {published}.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=200_000, help="env steps per solver (a multiple of --steps-per-epoch)")
+    parser.add_argument("--steps-per-epoch", type=int, default=20_000)
+    parser.add_argument("--num-envs", type=int, default=2)
+    parser.add_argument("--cost-limit", type=float, default=25.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--results-dir", type=Path, default=REPO / "benchmarks" / "results" / "omnisafe")
+    parser.add_argument("--out", type=Path, default=None, help="Markdown file to update (e.g. BENCHMARKS.md)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # library:solver, run in a child process
+    parser.add_argument("--settings", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker_main(args)
+        return
+    if args.steps % args.steps_per_epoch or args.steps_per_epoch % args.num_envs:
+        parser.error("--steps must be a multiple of --steps-per-epoch, and that a multiple of --num-envs")
+    settings = Settings(
+        steps=args.steps,
+        steps_per_epoch=args.steps_per_epoch,
+        num_envs=args.num_envs,
+        cost_limit=args.cost_limit,
+        seed=args.seed,
+        eval_episodes=args.eval_episodes,
+    )
+    args.results_dir = args.results_dir.resolve()
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[tuple[str, str], dict] = {}
+    for library, solver in run_order(PAIRS):
+        path = args.results_dir / f"{library}-{solver}.json"
+        result = load_result(path, settings)
+        if result is None:
+            log = path.with_suffix(".log")
+            print(f"[{time.strftime('%H:%M:%S')}] training {library} {solver} (log: {log})", flush=True)
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", f"{library}:{solver}", "--result", str(path)]
+            cmd += ["--settings", json.dumps(asdict(settings))]
+            with log.open("w") as out:
+                proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=args.results_dir)
+            if proc.returncode != 0:
+                raise SystemExit(f"{library} {solver} failed (exit {proc.returncode}); see {log}")
+            result = json.loads(path.read_text())
+        else:
+            print(f"{library} {solver}: reusing {path}", flush=True)
+        results[(library, solver)] = result
+        s = result["eval_sampled"]
+        print(
+            f"  {library} {solver}: {result['env_steps_per_s']:,.0f} env-steps/s, "
+            f"eval EpRet {s['ep_return']:.2f} EpCost {s['ep_cost']:.1f}",
+            flush=True,
+        )
+        if args.out is not None:  # after every run, so that a long benchmark shows its rows as they come
+            write_table(args.out, results, settings)
+    print(write_table(args.out, results, settings))
+
+
+def write_table(out: Path | None, results: dict[tuple[str, str], dict], settings: Settings) -> str:
+    import torch
+
+    from report import update_section  # benchmarks/report.py, beside this script
+
+    torch.set_num_threads(1)  # as in every run, so that machine_line() says so
+    command = "python benchmarks/omnisafe_side_by_side.py " + " ".join(
+        shlex.quote(a) for a in sys.argv[1:] if not a.startswith(str(REPO))
+    )
+    table = build_table(results, settings, command.strip())
+    if out is not None:
+        update_section(out, "omnisafe", "Side by side with OmniSafe", table)
+    return table
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/report.py
+    main()
