@@ -9,15 +9,18 @@ free pose with its arm out) with the navigation and the manipulation camera:
 * at 64x64 with 10, 25, 50, 100 and 200 small objects per house (houses generated with heavy
   clutter, then cut down to the count or topped up with objects on free floor).
 
-Every configuration is timed once per repeat, the configurations interleaved so that machine
-noise (the machine is shared) hits all alike; the table gives medians of the wall-clock and
-of the process CPU time per batch. With ``--out`` the table is written into that Markdown
+Every configuration is timed once per repeat, right after one untimed call of the same
+configuration (as an env renders the same batch size every step; the previous configuration
+may have left the allocator's heap in another shape), the configurations interleaved so that
+machine noise (the machine is shared) hits all alike; the table gives medians of the
+wall-clock and of the process CPU time per batch. With ``--out`` the table is written into that Markdown
 file between markers, with the date and the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -96,8 +99,10 @@ def main() -> None:
     times: dict[tuple, list[tuple[float, float]]] = {key: [] for key in configs}
     for draw, scene, camera in configs.values():
         draw(scene, camera)  # warm-up: caches, first allocations
+    load_before = os.getloadavg()[0]
     for repeat in range(args.repeats):
         for key, (draw, scene, camera) in configs.items():
+            draw(scene, camera)
             times[key].append(timed(lambda: draw(scene, camera)))
         print(f"repeat {repeat + 1}/{args.repeats}", file=sys.stderr)
 
@@ -110,7 +115,9 @@ def main() -> None:
         "",
         f"Command: `python benchmarks/render_speed.py --envs {n} --repeats {args.repeats}`. One batch = {n} envs, "
         f"each in its own house, rendered by one call on one core. Medians over {args.repeats} interleaved repeats; "
-        "wall-clock (the machine is shared with other jobs) and process CPU time, in ms per batch.",
+        "wall-clock and process CPU time, in ms per batch. The machine is shared: the 1-minute load average was "
+        f"{load_before:.1f} before and {os.getloadavg()[0]:.1f} after the run (on {os.cpu_count()} cores), so the "
+        "CPU time is the figure to compare.",
         "",
         "| image | nav camera ms (CPU ms) | manip camera ms (CPU ms) | both cameras, env-images/s (by CPU) |",
         "|---|---:|---:|---:|",
