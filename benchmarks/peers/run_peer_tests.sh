@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run the tests that need OmniSafe, plus the adapter tests on gymnasium 0.29, in the peer env.
+# Run the tests that need OmniSafe or safety-gymnasium, plus the adapter tests on gymnasium 0.29,
+# in the peer env.
 #
 # Usage: bash benchmarks/peers/run_peer_tests.sh [pytest args...]
 #   The peer env (default .peers/omnisafe, or PEER_VENV) is built first if it is missing.
@@ -18,6 +19,6 @@ cd "$repo_root"
     exit 1
 }
 exec "$venv_dir/bin/python" -m pytest -q \
-    tests/test_interop_omnisafe.py \
+    tests/test_interop_omnisafe.py tests/test_safety_gymnasium.py \
     tests/test_gym_adapter.py tests/test_registry.py tests/test_wrappers.py tests/test_engine.py \
     "$@"
