@@ -123,7 +123,9 @@ class CmdpOmniSafeEnv(CMDP):
         return self._env.max_episode_steps
 
     def _tensor(self, x: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        t = torch.as_tensor(x, dtype=dtype, device=self._device)
+        # a copy: OmniSafe's ObsNormalize writes into info["final_observation"] in place, and
+        # cmdp envs may hand out views of their own buffers
+        t = torch.tensor(x, dtype=dtype, device=self._device)
         return t[0] if self._num_envs == 1 else t
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[torch.Tensor, dict]:
