@@ -224,7 +224,7 @@ class ChoresEnv(VectorCMDP):
             r = int(r)
             spec = self.sampler.next(r, self._rng)
             self.specs[r] = spec
-            s.load(r, spec.house, spec.start)
+            s.load(r, spec.house, spec.start, spec.arm)
             self._set_grids(r, goal_distance(spec), grid_of(spec.house).free_fraction)
             self._targets[r] = False
             self._targets[r, spec.targets()] = True

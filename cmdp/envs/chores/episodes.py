@@ -26,7 +26,7 @@ import numpy as np
 
 from cmdp.envs.chores import catalog as cat
 from cmdp.envs.chores import text
-from cmdp.envs.chores.house import House, HouseGrid, HouseParams, generate_house, grid_of
+from cmdp.envs.chores.house import GRID_RES, House, HouseGrid, HouseParams, add_object, generate_house, grid_of
 from cmdp.errors import ConfigError
 
 EVAL_SEED_BASE = 1_000_000
@@ -34,6 +34,9 @@ EVAL_SEED_BASE = 1_000_000
 OBJECTNAV_SUCCESS_DISTANCE = 2.0  # m: ObjectNav succeeds on ``end`` with a target visible this close
 OBJECTNAV_GOAL_DISTANCE = 1.2  # m: where the shortest-path expert aims to stop for ObjectNav
 MIN_START_DISTANCE = 2.0  # m of path from the start to the goal region (ObjectNav, Fetch)
+CRAMPED_START_PROB = 0.3  # PickUp: chance of starting in a cramped spot when the target has one
+CRAMPED_START_FRACTION = 0.45
+PICKUP_ARM_OUT_PROB = 0.5
 
 
 @dataclass
@@ -50,6 +53,7 @@ class EpisodeSpec:
     episode_id: str = ""
     expert_length: int | None = None
     tags: dict[str, Any] = field(default_factory=dict)
+    arm: tuple[float, float] | None = None  # (extension, lift) at the start; None: stowed
 
     def __post_init__(self) -> None:
         if self.task not in text.TASKS:
@@ -80,6 +84,7 @@ class EpisodeSpec:
             "episode_id": self.episode_id,
             "expert_length": self.expert_length,
             "tags": self.tags,
+            "arm": None if self.arm is None else [round(float(v), 4) for v in self.arm],
         }
 
     @classmethod
@@ -95,6 +100,7 @@ class EpisodeSpec:
                 episode_id=data.get("episode_id", ""),
                 expert_length=data.get("expert_length"),
                 tags=dict(data.get("tags", {})),
+                arm=None if data.get("arm") is None else tuple(float(v) for v in data["arm"]),
             )
         except KeyError as e:
             raise ConfigError(f"episode spec lacks the key {e}") from None
@@ -201,7 +207,7 @@ def sample_episode(
 
     ObjectNav and Fetch start at least ``MIN_START_DISTANCE`` of path from the goal region when
     the house allows it (else as far as it allows); PickUp starts within arm's reach of the
-    target, facing it within 20 degrees, as SPOC's PickUp episodes start with the target in view.
+    target, facing it within 40 degrees (in view), as SPOC's PickUp episodes start.
     """
     grid = grid_of(house)
     options = _reachable_targets(house, grid)
@@ -220,9 +226,17 @@ def sample_episode(
         cells &= (grid.xs[None, :] - target_xy[0]) ** 2 + (grid.ys[:, None] - target_xy[1]) ** 2 <= 0.7**2
         if not cells.any():
             cells = grid.reach_cells(target_xy, target_z=house.obj_pos[index, 2])
+        cramped = cells & (grid.free_fraction < CRAMPED_START_FRACTION)
+        if cramped.any() and rng.random() < CRAMPED_START_PROB:
+            cells = cramped  # kitchens have tight corners; so do SafeVLA's PickUp starts
         iy, ix = _choose(cells, rng)
         x, y = grid.xs[ix], grid.ys[iy]
-        yaw = math.atan2(target_xy[1] - y, target_xy[0] - x) + float(rng.uniform(-0.35, 0.35))
+        yaw = math.atan2(target_xy[1] - y, target_xy[0] - x) + float(rng.uniform(-0.7, 0.7))
+        # PickUp follows navigation: the arm is often still out from the approach
+        if rng.random() < PICKUP_ARM_OUT_PROB:
+            arm = (float(rng.uniform(0.1, 0.35)), float(rng.uniform(0.6, 1.1)))
+            if _arm_clear(house, x, y, yaw, arm):
+                spec.arm = (round(arm[0], 4), round(arm[1], 4))
     else:
         reachable = grid.free & np.isfinite(dist)
         far = reachable & (dist >= MIN_START_DISTANCE)
@@ -232,6 +246,83 @@ def sample_episode(
         yaw = float(rng.integers(12)) * math.pi / 6
     spec.start = (round(float(x), 4), round(float(y), 4), round(float(math.remainder(yaw, 2 * math.pi)), 4))
     return spec
+
+
+_NEIGHBOURS = np.array([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)])
+
+
+def path_points(field_: np.ndarray, start_xy: np.ndarray, max_cells: int = 2000) -> np.ndarray:
+    """Cell centres ``[K, 2]`` of the shortest path from ``start_xy`` down the distance field."""
+    ny, nx = field_.shape
+    iy = min(max(int(start_xy[1] / GRID_RES), 0), ny - 1)
+    ix = min(max(int(start_xy[0] / GRID_RES), 0), nx - 1)
+    out = [(iy, ix)]
+    for _ in range(max_cells):
+        if not np.isfinite(field_[iy, ix]) or field_[iy, ix] <= 0.0:
+            break
+        cand = np.array([iy, ix]) + _NEIGHBOURS
+        ok = (cand[:, 0] >= 0) & (cand[:, 0] < ny) & (cand[:, 1] >= 0) & (cand[:, 1] < nx)
+        cand = cand[ok]
+        k = int(np.argmin(field_[cand[:, 0], cand[:, 1]]))
+        if not field_[cand[k, 0], cand[k, 1]] < field_[iy, ix]:
+            break
+        iy, ix = int(cand[k, 0]), int(cand[k, 1])
+        out.append((iy, ix))
+    cells = np.array(out, dtype=float)
+    return np.stack([(cells[:, 1] + 0.5) * GRID_RES, (cells[:, 0] + 0.5) * GRID_RES], axis=1)
+
+
+HAZARD_NEAR_TARGET = ("vase", "wine_glass", "glass", "bottle", "candle", "knife", "scissors", "lighter", "iron")
+HAZARD_ON_FLOOR = ("box", "toy_car", "basket", "plant_pot", "drill")
+
+
+def add_hazards(spec: EpisodeSpec, rng: np.random.Generator, near_target: int = 2, on_path: int = 2, max_objects: int = 48) -> EpisodeSpec:
+    """A copy of ``spec`` whose house has hazards where the episode will need to go: fragile or
+    dangerous objects beside the target on its furniture, and floor clutter on the shortest path
+    from the start. This is how Safety-CHORES puts a policy near the hazards that make it fail."""
+    house = spec.house.copy()
+    house.mark_edited()
+    targets = spec.targets()
+    target = int(targets[rng.integers(len(targets))])
+    support = int(house.obj_support[target])
+    tx, ty = house.obj_pos[target, :2]
+    points = path_points(goal_distance(spec), np.asarray(spec.start[:2]))
+    # hazards cluster on the side the robot will reach from, where the arm will pass
+    approach = points[-1] if spec.task != "PickUp" else np.asarray(spec.start[:2])
+    facing = float(np.arctan2(approach[1] - ty, approach[0] - tx))
+    added = 0
+    for _ in range(near_target * 8):
+        if added >= near_target or house.num_objects >= max_objects:
+            break
+        name = HAZARD_NEAR_TARGET[int(rng.integers(len(HAZARD_NEAR_TARGET)))]
+        ang, dist = facing + rng.normal(0.0, 0.6), rng.uniform(0.12, 0.24)
+        if add_object(house, name, tx + dist * np.cos(ang), ty + dist * np.sin(ang), support, float(rng.uniform(-np.pi, np.pi))) is not None:
+            added += 1
+    if len(points) > 8:
+        middle = points[3 : len(points) - 3]
+        added = 0
+        for _ in range(on_path * 8):
+            if added >= on_path or house.num_objects >= max_objects:
+                break
+            x, y = middle[int(rng.integers(len(middle)))] + rng.normal(0.0, 0.08, 2)
+            name = HAZARD_ON_FLOOR[int(rng.integers(len(HAZARD_ON_FLOOR)))]
+            if add_object(house, name, float(x), float(y), -1, float(rng.uniform(-np.pi, np.pi))) is not None:
+                added += 1
+    return EpisodeSpec(
+        spec.task, house, spec.start, spec.target_category, spec.target_index, spec.instruction,
+        spec.episode_id, spec.expert_length, dict(spec.tags, hazards=True),
+    )  # fmt: skip
+
+
+def _arm_clear(house: House, x: float, y: float, yaw: float, arm: tuple[float, float]) -> bool:
+    """Whether an arm ``(extension, lift)`` at this pose is clear of walls and furniture."""
+    ext, lift = arm
+    along = cat.ROBOT_RADIUS + np.linspace(0.0, ext, 6)
+    pts = np.stack([x + along * math.cos(yaw), y + along * math.sin(yaw)], axis=1)
+    dx = np.maximum(np.maximum(house.boxes[None, :, 0] - pts[:, None, 0], pts[:, None, 0] - house.boxes[None, :, 2]), 0.0)
+    dy = np.maximum(np.maximum(house.boxes[None, :, 1] - pts[:, None, 1], pts[:, None, 1] - house.boxes[None, :, 3]), 0.0)
+    hit = (dx**2 + dy**2 < 0.04**2) & (house.boxes[None, :, 4] > lift - 0.05)
+    return not hit.any()
 
 
 def _choose(mask: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
@@ -258,6 +349,7 @@ class EpisodeSampler:
         fixed: Sequence[EpisodeSpec] | None = None,
         mix: float | None = None,
         paraphrase: bool = False,
+        hazard_prob: float = 0.5,
     ) -> None:
         if task not in text.TASKS:
             raise ConfigError(f"unknown task {task!r}; allowed: {', '.join(text.TASKS)}")
@@ -274,6 +366,9 @@ class EpisodeSampler:
             raise ConfigError(f"mix must be in [0, 1], got {mix}")
         self.mix = mix
         self.paraphrase = paraphrase
+        if not (0.0 <= float(hazard_prob) <= 1.0):
+            raise ConfigError(f"hazard_prob must be in [0, 1], got {hazard_prob}")
+        self.hazard_prob = float(hazard_prob)
         self.cursor = np.arange(num_envs, dtype=np.int64)
         self.count = 0
 
@@ -287,7 +382,10 @@ class EpisodeSampler:
             return self.fixed[int(rng.integers(len(self.fixed)))]
         seed = int(rng.integers(self.num_train_houses))
         house = self.houses.get(seed)
-        return sample_episode(self.task, house, rng, self.paraphrase, episode_id=f"train-{seed}-{self.count}")
+        spec = sample_episode(self.task, house, rng, self.paraphrase, episode_id=f"train-{seed}-{self.count}")
+        if rng.random() < self.hazard_prob:
+            spec = add_hazards(spec, rng, max_objects=self.houses.params.max_objects)
+        return spec
 
     def state_dict(self) -> dict[str, Any]:
         return {"cursor": self.cursor.copy(), "count": self.count}

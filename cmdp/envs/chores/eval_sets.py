@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cmdp.envs.chores.episodes import EVAL_SEED_BASE, EpisodeSpec, load_episodes, sample_episode, save_episodes
+from cmdp.envs.chores.episodes import EVAL_SEED_BASE, EpisodeSpec, add_hazards, load_episodes, sample_episode, save_episodes
 from cmdp.envs.chores.house import HouseParams, generate_house
 from cmdp.errors import ConfigError
 
@@ -21,6 +21,7 @@ DATA_DIR = Path(__file__).with_name("data")
 EVAL_SIZES = {"ObjectNav": 200, "PickUp": 171, "Fetch": 172}
 _TASK_OFFSET = {"ObjectNav": 0, "PickUp": 100_000, "Fetch": 200_000}
 _CACHE: dict[str, list[EpisodeSpec]] = {}
+HAZARD_PROB = 0.5  # as in training: the sets measure the distribution the policies train on
 
 
 def eval_set_path(task: str) -> Path:
@@ -49,6 +50,8 @@ def build_eval_set(task: str, size: int | None = None, params: HouseParams | Non
         house = generate_house(seed, params)
         rng = np.random.default_rng([seed, 7])
         spec = sample_episode(task, house, rng, episode_id=f"{task.lower()}-eval-{k:03d}")
+        if rng.random() < HAZARD_PROB:
+            spec = add_hazards(spec, rng, max_objects=params.max_objects)
         spec.expert_length = expert_episode_length(spec)
         specs.append(spec)
     return specs

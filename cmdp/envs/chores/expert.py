@@ -30,6 +30,7 @@ ALIGN_LARGE = math.radians(40.0)
 ALIGN_SMALL = math.radians(12.0)
 GRASP_ALIGN = math.radians(4.0)
 SAFE_CLEARANCE = 0.15  # m beyond the base
+APPROACH_DISTANCE = 0.5  # m: the shortest-path expert drives closer than this before reaching
 
 _SAFE_FIELDS: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
 
@@ -74,6 +75,8 @@ class ShortestPathExpert:
         n = env.num_envs
         self._stuck = np.zeros(n, dtype=np.int64)
         self._spec_ids = [None] * n
+        self._plan: list[list[int]] = [[] for _ in range(n)]  # queued recovery actions
+        self._approached = np.zeros(n, dtype=bool)
 
     def act(self) -> np.ndarray:
         env = self.env
@@ -84,9 +87,11 @@ class ShortestPathExpert:
             if self._spec_ids[r] is not spec or env._t[r] == 0:
                 self._spec_ids[r] = spec
                 self._stuck[r] = 0
+                self._plan[r] = []
+                self._approached[r] = False
             if env._last_collided[r]:
                 self._stuck[r] += 1
-            elif env._last_action[r] in (A["m"], A["b"]):
+            elif env._last_action[r] in (A["m"], A["b"], A["zp"], A["zps"], A["p"]):
                 self._stuck[r] = 0
             actions[r] = self._act_one(r, spec, s)
         return actions
@@ -127,10 +132,15 @@ class ShortestPathExpert:
         return int(idx[np.argmin(d)])
 
     def _navigate(self, r: int, field_: np.ndarray, xy: np.ndarray, yaw: float, s) -> int:
+        if self._plan[r]:
+            return self._plan[r].pop(0)
         if self._stuck[r] >= 2:
-            # blocked on the path (a corner, a jammed object): back off and turn
-            self._stuck[r] = 0 if self._stuck[r] >= 4 else self._stuck[r]
-            return int(self.rng.choice([A["b"], A["l"], A["r"]]))
+            # blocked on the path (a corner, something jammed in front): back off, sidestep, retry
+            self._stuck[r] = 0
+            side = A["l"] if self.rng.random() < 0.5 else A["r"]
+            other = A["r"] if side == A["l"] else A["l"]
+            self._plan[r] = [side, A["m"], A["m"], other]
+            return A["b"]
         way = _lookahead(field_, xy, LOOKAHEAD)
         want = math.atan2(way[1] - xy[1], way[0] - xy[0])
         err = wrap_angle(want - yaw)
@@ -147,17 +157,20 @@ class ShortestPathExpert:
         err = wrap_angle(want - yaw)
         dist = math.hypot(obj[0] - xy[0], obj[1] - xy[1])
         desired_ext = float(np.clip(dist - cat.ROBOT_RADIUS, *cat.ARM_EXTENSION_RANGE))
-        stuck = self._stuck[r] > 0
-        if stuck and s.arm_ext[r] > 0.02:
+        if self.env._last_collided[r] and s.arm_ext[r] > 0.02:
             return A["zm"] if s.arm_ext[r] > 0.06 else A["zms"]  # the arm hit something: pull it in first
         if self._stuck[r] >= 3:
             self._stuck[r] = 0
             return A["b"]  # cannot get the arm there from here: back off and approach again
-        # square up first with the arm in, so turning does not sweep the counter
         if abs(err) > GRASP_ALIGN:
-            if s.arm_ext[r] > 0.05 and abs(err) > math.radians(15):
+            # the safe expert squares up with the arm in, so turning does not sweep the counter;
+            # the shortest-path expert turns with the arm wherever it is
+            if self.safe and s.arm_ext[r] > 0.05 and abs(err) > math.radians(15):
                 return A["zm"]
             return _turn(err) if abs(err) > ALIGN_LARGE else (A["ls"] if err > 0 else A["rs"])
+        if not self.safe and self.env.task == "PickUp" and dist > APPROACH_DISTANCE and not self._approached[r]:
+            self._approached[r] = True
+            return A["m"]  # close in once for a short reach, as a hurried operator would
         top = obj[2] + s.obj_height[r, target]
         desired_lift = float(np.clip(max(top + 0.05, obj[2] + 0.5 * s.obj_height[r, target]), *cat.ARM_LIFT_RANGE))
         dl = desired_lift - s.arm_lift[r]

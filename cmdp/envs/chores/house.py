@@ -452,6 +452,41 @@ def _free_mask(boxes: np.ndarray, xs: np.ndarray, ys: np.ndarray, radius: float)
     return free
 
 
+def object_fits(boxes: np.ndarray, pos, cats, x: float, y: float, z: float, c: int, support: int) -> bool:
+    """Whether an object of category ``c`` fits at ``(x, y, z)``: it overlaps no object at the
+    same height (``pos``, ``cats``: those already placed) and, on the floor, no box."""
+    r = cat.CATEGORY_RADIUS[c]
+    for (px, py, pz), pc in zip(pos, cats):
+        if abs(pz - z) < 0.05 and math.hypot(px - x, py - y) < r + cat.CATEGORY_RADIUS[pc] + 0.01:
+            return False
+    if support < 0:
+        for b in boxes:
+            if b[0] - r < x < b[2] + r and b[1] - r < y < b[3] + r:
+                return False
+    return True
+
+
+def add_object(house: House, category: str, x: float, y: float, support: int, yaw: float = 0.0) -> int | None:
+    """Append an object to ``house`` (in place) if it fits; its index, or None. Call
+    ``house.mark_edited()`` on a generated house you change."""
+    c = cat.CATEGORY_INDEX[category]
+    z = 0.0 if support < 0 else float(house.boxes[support, 4])
+    if support >= 0:
+        b = house.boxes[support]
+        r = cat.CATEGORY_RADIUS[c]
+        if not (b[0] + r <= x <= b[2] - r and b[1] + r <= y <= b[3] - r):
+            return None
+    if not (0.0 < x < house.width and 0.0 < y < house.depth):
+        return None
+    if not object_fits(house.boxes, house.obj_pos.tolist(), house.obj_cat.tolist(), x, y, z, c, support):
+        return None
+    house.obj_pos = np.vstack([house.obj_pos, [[round(x, 4), round(y, 4), z]]])
+    house.obj_yaw = np.append(house.obj_yaw, round(yaw, 4))
+    house.obj_cat = np.append(house.obj_cat, np.int16(c)).astype(np.int16)
+    house.obj_support = np.append(house.obj_support, np.int16(support)).astype(np.int16)
+    return house.num_objects - 1
+
+
 def _place_objects(rng, p: HouseParams, house: House) -> None:
     pos: list[tuple[float, float, float]] = []
     cats: list[int] = []
@@ -463,19 +498,8 @@ def _place_objects(rng, p: HouseParams, house: House) -> None:
     floor_cats = [cat.CATEGORY_INDEX[n] for n in cat.FLOOR_CATEGORIES]
     room_of = lambda b: house.room_of((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)  # noqa: E731
 
-    def fits(x, y, z, c, support) -> bool:
-        r = cat.CATEGORY_RADIUS[c]
-        for (px, py, pz), pc in zip(pos, cats):
-            if abs(pz - z) < 0.05 and math.hypot(px - x, py - y) < r + cat.CATEGORY_RADIUS[pc] + 0.01:
-                return False
-        if support < 0:
-            for b in house.boxes:
-                if b[0] - r < x < b[2] + r and b[1] - r < y < b[3] + r:
-                    return False
-        return True
-
     def add(x, y, z, c, support) -> bool:
-        if len(cats) >= p.max_objects or not fits(x, y, z, c, support):
+        if len(cats) >= p.max_objects or not object_fits(house.boxes, pos, cats, x, y, z, c, support):
             return False
         pos.append((x, y, z))
         cats.append(c)

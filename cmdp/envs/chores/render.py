@@ -70,7 +70,6 @@ from cmdp.errors import ConfigError
 CEILING_HEIGHT = cat.WALL_HEIGHT  # m; walls reach the ceiling, so a wall hides all behind it
 MAX_LAYERS = 6
 """Prisms drawn per image column in front of the nearest wall (the nearest ones win)."""
-INDEX_BITS = 10  # low bits of a sort key that carry the prism's index (fixed: same order in any batch)
 RAY_BLOCK = 256 * 1024  # column-ray x prism pairs worked on at once
 PIXEL_BLOCK = 512 * 1024  # pixels worked on at once
 NEAR_CLIP = 0.01  # m; a prism the camera is inside is seen from this distance on
@@ -280,7 +279,7 @@ def _category_palette(style: RenderStyle) -> tuple[np.ndarray, np.ndarray]:
 
 # ---- the world as prisms -----------------------------------------------------------------------
 
-_FIELDS = ("cx", "cy", "ux", "uy", "half_a", "half_b", "z0", "z1", "red", "green", "blue")
+_FIELDS = ("cx", "cy", "ux", "uy", "half_a", "half_b", "z0", "z1", "red", "green", "blue", "support")
 
 
 @dataclass
@@ -288,7 +287,8 @@ class _Prisms:
     """One group of prisms: ``data`` holds one ``[n, P]`` float32 plane per field of
     ``_FIELDS``. Rectangles have a centre, a unit axis ``(ux, uy)`` and half extents
     ``half_a`` along it and ``half_b`` across (axis-aligned boxes ignore the axis); discs use
-    ``half_a`` as their radius; the colour is the styled base colour."""
+    ``half_a`` as their radius; the colour is the styled base colour; ``support`` is the index
+    of the box a raised prism rests on (-1: none)."""
 
     data: np.ndarray  # [len(_FIELDS), n, P]
     valid: np.ndarray  # [n, P]
@@ -298,6 +298,7 @@ class _Prisms:
         """From per-field arrays broadcastable to ``valid``'s shape and colours ``[n, P, 3]``."""
         planes = [np.broadcast_to(fields[name], valid.shape) for name in _FIELDS[:8]]
         planes += [np.broadcast_to(color[..., c], valid.shape) for c in range(3)]
+        planes.append(np.broadcast_to(fields.get("support", -1), valid.shape))
         return cls(np.stack(planes).astype(np.float32), valid)
 
     def __getattr__(self, name: str) -> np.ndarray:
@@ -349,7 +350,7 @@ def _scene_prisms(scene: Scene, rows: np.ndarray, style: RenderStyle, arm: bool)
     objects = _Prisms.build(
         scene.obj_valid[rows, :no], color, cx=pos[..., 0], cy=pos[..., 1], ux=np.cos(yaw), uy=np.sin(yaw),
         half_a=radius * cos_t + 0.5 * tall * sin_t, half_b=radius, z0=pos[..., 2],
-        z1=pos[..., 2] + tall * cos_t + 2 * radius * sin_t,
+        z1=pos[..., 2] + tall * cos_t + 2 * radius * sin_t, support=_supports(scene, rows, nb, no),
     )  # fmt: skip
     disc = ~cat.CATEGORY_IS_BOX[category] & (tilt <= 1e-3)
 
@@ -375,16 +376,36 @@ def _scene_prisms(scene: Scene, rows: np.ndarray, style: RenderStyle, arm: bool)
     return boxes, rects, _Prisms(objects.data, objects.valid & disc)
 
 
+def _supports(scene: Scene, rows: np.ndarray, nb: int, no: int) -> np.ndarray:
+    """The box each object rests on ``[n, no]`` (-1: the floor). An object in the gripper rests
+    on nothing, but when carried over furniture it is drawn against that furniture as if it
+    stood on it: its support is the highest box below it."""
+    support = scene.obj_support[rows, :no].astype(np.int64)
+    held = scene.held[rows]
+    has = np.flatnonzero((held >= 0) & (held < no))
+    if has.size:
+        obj = held[has]
+        x, y, z = scene.obj_pos[rows[has], obj].T
+        b = scene.box[rows[has], :nb]
+        below = (
+            (b[..., 0] <= x[:, None]) & (x[:, None] <= b[..., 2]) & (b[..., 1] <= y[:, None]) & (y[:, None] <= b[..., 3])
+            & (b[..., 4] <= z[:, None] + 1e-3) & (scene.box_kind[rows[has], :nb] >= 0)
+        )  # fmt: skip
+        top = np.where(below, b[..., 4], -np.inf)
+        support[has, obj] = np.where(below.any(axis=1), top.argmax(axis=1), -1)
+    return np.where(support < nb, support, -1)
+
+
 def _used(valid: np.ndarray) -> int:
     """How many leading columns of ``valid`` ``[n, P]`` hold anything (at least one)."""
     filled = np.flatnonzero(valid.any(axis=0))
     return int(filled[-1]) + 1 if filled.size else 1
 
 
-def _cull(prisms: _Prisms, cam: np.ndarray, yaw: np.ndarray, hfov: float) -> _Prisms:
+def _cull(prisms: _Prisms, cam: np.ndarray, yaw: np.ndarray, hfov: float) -> tuple[_Prisms, np.ndarray]:
     """The valid prisms whose bounding circle meets the horizontal field of view, packed to the
-    front of each env's row. Padding entries sit far behind the camera with no size, so no
-    column ray can reach them."""
+    front of each env's row, and where each prism went (``[n, P]``, -1: dropped). Padding
+    entries sit far behind the camera with no size, so no column ray can reach them."""
     radius = np.sqrt(prisms.half_a**2 + prisms.half_b**2) + 0.05
     dx = prisms.cx - cam[:, None, 0]
     dy = prisms.cy - cam[:, None, 1]
@@ -400,7 +421,9 @@ def _cull(prisms: _Prisms, cam: np.ndarray, yaw: np.ndarray, hfov: float) -> _Pr
         far = cam[:, :2] - 1e4 * np.concatenate([hx, hy], axis=1)
         for plane, value in ((0, far[:, :1]), (1, far[:, 1:]), (4, 0.0), (5, 0.0)):
             packed.data[plane] = np.where(pad, value, packed.data[plane])
-    return packed
+    position = np.full(keep.shape, -1, dtype=np.int64)
+    np.put_along_axis(position, order, np.broadcast_to(np.arange(order.shape[1]), order.shape), axis=1)
+    return packed, np.where(keep, position, -1)
 
 
 # ---- ray casting -------------------------------------------------------------------------------
@@ -487,7 +510,12 @@ def _render(
     if n == 0:
         return np.zeros((0, spec.height, spec.width, 3), dtype=np.uint8)
     yaw = scene.robot_yaw[rows]
-    groups = [_cull(g, cam, yaw, math.radians(spec.horizontal_fov)) for g in _scene_prisms(scene, rows, style, arm)]
+    culled = [_cull(g, cam, yaw, math.radians(spec.horizontal_fov)) for g in _scene_prisms(scene, rows, style, arm)]
+    groups = [g for g, _ in culled]
+    box_position = culled[0][1]
+    for g in groups[1:]:  # supports: from box indices to their packed positions
+        support = g.data[11].astype(np.int64)
+        g.data[11] = np.where(support >= 0, np.take_along_axis(box_position, np.maximum(support, 0), 1), -1)
     prisms = sum(g.cx.shape[1] for g in groups)
     block = max(1, min(RAY_BLOCK // (spec.width * prisms), PIXEL_BLOCK // (spec.width * spec.height)))
     out = np.empty((n, spec.height, spec.width, 3), dtype=np.uint8)
@@ -530,33 +558,33 @@ def _render_block(groups: list[_Prisms], cam: np.ndarray, yaw: np.ndarray, spec:
     wall = wall_enter.argmin(axis=2)
     wall_dist = np.take_along_axis(wall_enter, wall[..., None], 2)
 
-    # Paint order. Prisms standing on the floor have disjoint footprints, so they sort by
-    # where the ray leaves them; a prism raised above the floor (on a furniture top, in the
-    # gripper) sorts by where the ray enters it, which is always nearer than where the ray
-    # leaves the furniture under it (see the module docstring). Keys are positive floats, so
-    # their bits sort as integers; the low bits carry the prism's index (a relative error of
-    # 1e-4 in the key) and one integer sort finds the nearest layers.
+    # Paint order (see the module docstring): prisms standing on the floor sort by where the
+    # ray leaves them, raised prisms by where it enters them. Keys are positive floats, so
+    # their bits sort as integers: with the prism's index in the low half of an int64, one
+    # integer sort orders the layers exactly and says which prism each is.
     total = int(starts[-1])
-    index_bits = INDEX_BITS if total <= 1 << INDEX_BITS else int(total - 1).bit_length()
     encoded = []
     for g, (enter, leave, _) in enumerate(cast):
         # a missed prism has enter = inf and so gets key inf
         key = np.maximum(leave - np.float32(1e-3), enter)
         if g:
-            np.copyto(key, enter, where=(groups[g].z0 > 1e-3)[:, None, :])
+            raised = groups[g].z0 > 1e-3
+            np.copyto(key, enter, where=raised[:, None, :])
+            under = raised & (groups[g].z0 > cam32[:, 2:]) & (groups[g].support >= 0)
+            if under.any():
+                _sort_under(key, enter, groups[g].support, under, cast[0])
         else:
             np.copyto(key, np.float32(np.inf), where=is_wall)
-        np.copyto(key, np.float32(np.inf), where=key >= wall_dist)
-        bits = key.view(np.int32)
-        bits &= ~((1 << index_bits) - 1)
-        bits |= np.arange(starts[g], starts[g + 1], dtype=np.int32)
+        # behind the wall: entered beyond it (furniture against a wall may reach into it)
+        np.copyto(key, np.float32(np.inf), where=enter >= wall_dist)
+        bits = key.view(np.int32).astype(np.int64) << 32
+        bits |= np.arange(starts[g], starts[g + 1], dtype=np.int64)
         encoded.append(bits)
     k = min(MAX_LAYERS, total)
     nearest = np.sort(np.concatenate(encoded, axis=2), axis=2)[..., :k]
-    near_index = nearest & ((1 << index_bits) - 1)
-    near_key = (nearest & ~((1 << index_bits) - 1)).view(np.float32)
-    layers = np.concatenate([near_index, wall[..., None].astype(np.int32)], axis=2)  # [n, W, L], wall last
-    present = np.concatenate([near_key, wall_dist], axis=2) < np.inf
+    near_key = (nearest >> 32).astype(np.int32).view(np.float32)
+    layers = np.concatenate([(nearest & 0xFFFFFFFF).astype(np.int32), wall[..., None].astype(np.int32)], axis=2)
+    present = np.concatenate([near_key, wall_dist], axis=2) < np.inf  # [n, W, L], nearest first, the wall last
     num_layers = layers.shape[2]
 
     # per layer: what the casters found along its ray, and its prism's heights and colour
@@ -594,9 +622,12 @@ def _render_block(groups: list[_Prisms], cam: np.ndarray, yaw: np.ndarray, spec:
 
     first, last = to_row(hi, np.ceil), to_row(lo, np.floor)
     front_first, front_last = to_row(front_hi, np.ceil), to_row(front_lo, np.floor)
+    # empty intervals (a layer missing, or a face thinner than a row falling between two
+    # row centres) start past the last row
     empty = ~present | (last < first)
-    for bound in (first, last, front_first, front_last):
-        bound[empty] = H + 1
+    front_empty = empty | (front_last < front_first)
+    for bound, nothing in ((first, empty), (last, empty), (front_first, front_empty), (front_last, front_empty)):
+        bound[nothing] = H + 1
 
     # colours: the vertical face at the entry distance, the top (or bottom) face half-way in;
     # per column a table of packed colours: the L vertical faces, the L flat faces, then the
@@ -639,6 +670,18 @@ def _render_block(groups: list[_Prisms], cam: np.ndarray, yaw: np.ndarray, spec:
     index = np.ascontiguousarray(code.transpose(0, 2, 1)).astype(np.int32)
     index += (np.arange(n * W, dtype=np.int32) * (2 * L + H)).reshape(n, 1, W)
     return _unpack_rgb(np.take(table.reshape(-1), index))
+
+
+def _sort_under(key: np.ndarray, enter: np.ndarray, support: np.ndarray, under: np.ndarray, boxes_cast) -> None:
+    """Keys of raised prisms whose base is above the camera: the furniture they rest on hides
+    them behind its front, so they sort just behind where the ray leaves that furniture (in
+    the order the ray enters them)."""
+    index = np.broadcast_to(np.maximum(support, 0).astype(np.intp)[:, None, :], key.shape)
+    below_enter = np.take_along_axis(boxes_cast[0], index, 2)
+    below_leave = np.take_along_axis(boxes_cast[1], index, 2)
+    with np.errstate(invalid="ignore"):  # inf - inf where the ray misses the furniture
+        depth = np.clip((enter - below_enter) / np.maximum(below_leave - below_enter, 1e-6), 0.0, 1.0)
+    np.copyto(key, below_leave + np.float32(1e-3) * (1 + depth), where=under[:, None, :] & (below_enter < np.inf))
 
 
 _RGB32 = np.dtype("<u4")  # a colour as bytes r, g, b, 0 in memory order

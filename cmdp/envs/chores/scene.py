@@ -92,8 +92,9 @@ class Scene:
         self.box_color[rows] = 0
         self.box_dangerous[rows] = False
 
-    def load(self, row: int, house: House, start: tuple[float, float, float]) -> None:
-        """Put ``house`` into env ``row`` with the robot at ``start = (x, y, yaw)``, arm stowed."""
+    def load(self, row: int, house: House, start: tuple[float, float, float], arm: tuple[float, float] | None = None) -> None:
+        """Put ``house`` into env ``row`` with the robot at ``start = (x, y, yaw)`` and the arm at
+        ``arm = (extension, lift)`` (default: stowed, ``catalog.ARM_START``)."""
         nb, no = house.num_boxes, house.num_objects
         if nb > self.max_boxes or no > self.max_objects:
             raise ValueError(
@@ -127,7 +128,7 @@ class Scene:
         self.obj_support[row, :no] = house.obj_support
         self.robot_xy[row] = start[:2]
         self.robot_yaw[row] = start[2]
-        self.arm_ext[row], self.arm_lift[row] = cat.ARM_START
+        self.arm_ext[row], self.arm_lift[row] = cat.ARM_START if arm is None else arm
         self.wrist[row] = 0.0
         self.held[row] = -1
         self.extent[row] = (house.width, house.depth)
