@@ -266,3 +266,98 @@ def test_writing_mp4_without_imageio_names_the_packages(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="imageio-ffmpeg"):
         write_episode([np.zeros((8, 8, 3), np.uint8)], tmp_path / "episode.mp4")
     assert render.COST_COLORS and len(render.COST_COLORS) == 5
+
+
+def test_a_face_thinner_than_a_row_paints_nothing_else():
+    # a plate on a low table 1.3 to 2 m away: its rim is less than a pixel row tall, and at
+    # some distances it falls between two row centres
+    table = (2.6, 2.5, 3.9, 3.5, 0.45, cat.KIND_FURNITURE)
+    for x in np.linspace(2.8, 3.5, 8):
+        scene = scene_of(room(boxes=[table], objects=[("plate", x, 3.0, 0.45, 4)]))
+        scene.obj_color[0, 0] = GREEN
+        rows, cols = np.nonzero(is_color(render_nav(scene)[0], GREEN))
+        assert rows.size > 10 and np.ptp(rows) <= 6, x
+
+
+def reference_image(scene: Scene, row: int, camera: CameraSpec, cam_xyz, arm: bool) -> np.ndarray:
+    """What the camera sees, traced independently per pixel in float64: the nearest point
+    where the pixel's ray enters a prism (its footprint interval and its height range in 3-D),
+    else the floor or the ceiling; every prism flat in its base colour."""
+    groups = render._scene_prisms(scene, np.array([row]), RenderStyle(), arm)
+    H, W = camera.height, camera.width
+    hfov, vfov = math.radians(camera.horizontal_fov), math.radians(camera.vertical_fov)
+    az = scene.robot_yaw[row] + hfov / 2 - (np.arange(W) + 0.5) / W * hfov
+    el = math.radians(camera.pitch) + vfov / 2 - (np.arange(H) + 0.5) / H * vfov
+    dx, dy, slope = np.cos(az)[None, :], np.sin(az)[None, :], np.tan(el)[:, None]
+    cx, cy, cz = cam_xyz
+    best = np.full((H, W), np.inf)
+    image = np.where((slope < 0)[..., None], np.array(cat.FLOOR_COLOR), np.array(cat.CEILING_COLOR) * render.CEILING_SHADE)
+    image = np.broadcast_to(image, (H, W, 3)).copy()
+    for kind, group in zip(("box", "rect", "disc"), groups):
+        g = {name: getattr(group, name)[0].astype(float) for name in render._FIELDS}
+        for p in np.flatnonzero(group.valid[0]):
+            rx, ry = cx - g["cx"][p], cy - g["cy"][p]
+            if kind == "disc":
+                along = -(dx * rx + dy * ry)
+                half2 = g["half_a"][p] ** 2 - (rx * rx + ry * ry - along * along)
+                half = np.sqrt(np.maximum(half2, 0))
+                enter, leave = np.where(half2 > 0, along - half, np.inf), along + half
+            else:
+                ux, uy = g["ux"][p], g["uy"][p]
+                spans = []
+                for q, k, half in ((rx * ux + ry * uy, dx * ux + dy * uy, g["half_a"][p]), (ry * ux - rx * uy, dy * ux - dx * uy, g["half_b"][p])):
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        t0, t1 = (-half - q) / k, (half - q) / k
+                    inside = np.abs(q) <= half
+                    spans.append((np.where(k == 0, np.where(inside, -np.inf, np.inf), np.minimum(t0, t1)),
+                                  np.where(k == 0, np.where(inside, np.inf, -np.inf), np.maximum(t0, t1))))  # fmt: skip
+                enter, leave = np.maximum(spans[0][0], spans[1][0]), np.minimum(spans[0][1], spans[1][1])
+            enter = np.maximum(enter, render.NEAR_CLIP)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                lo_z, hi_z = (g["z0"][p] - cz) / slope, (g["z1"][p] - cz) / slope
+            s_lo, s_hi = np.minimum(lo_z, hi_z), np.maximum(lo_z, hi_z)
+            first = np.maximum(enter, s_lo)
+            hit = (first <= np.minimum(leave, s_hi)) & (leave > enter) & (first < best)
+            best = np.where(hit, first, best)
+            image[hit] = [g["red"][p], g["green"][p], g["blue"][p]]
+    return image.round().astype(np.uint8)
+
+
+def test_cameras_agree_with_a_per_pixel_ray_tracer(monkeypatch):
+    # flat colours, one per prism, so every pixel names the prism it shows
+    for name, value in (("DISTANCE_FALLOFF", 0.0), ("FACE_SHADE_MIN", 1.0), ("CYLINDER_SHADE_MIN", 1.0),
+                        ("TOP_FACE_SHADE", 1.0), ("BOTTOM_FACE_SHADE", 1.0), ("ARM_COLOR", (1, 2, 3)),
+                        ("FINGER_COLOR", (4, 5, 6))):  # fmt: skip
+        monkeypatch.setattr(render, name, value)
+    rng = np.random.default_rng(0)
+    envs = 6
+    scene = Scene(envs, 64, 96)
+    for row in range(envs):
+        house = houses.generate_house(20 + row, houses.HouseParams(surface_clutter=4.0, floor_clutter=0.3))
+        free = np.argwhere(houses.HouseGrid(house).free)
+        iy, ix = free[rng.integers(len(free))]
+        scene.load(row, house, ((ix + 0.5) * 0.1, (iy + 0.5) * 0.1, rng.uniform(-np.pi, np.pi)))
+    scene.box_color[:] = rng.integers(20, 236, scene.box_color.shape)
+    scene.obj_color[:] = rng.integers(20, 236, scene.obj_color.shape)
+    scene.obj_tilt[:, ::5] = math.pi / 2
+    scene.obj_yaw[:] = rng.uniform(-np.pi, np.pi, scene.obj_yaw.shape)
+    scene.arm_ext[:] = rng.uniform(0.0, 0.5, envs)
+    scene.arm_lift[:] = rng.uniform(0.3, 1.1, envs)
+    scene.held[1], scene.obj_tilt[1, 0] = 0, 0.0  # carried upright below the gripper, as the simulator does
+    tip = scene.gripper()[1]
+    scene.obj_pos[1, 0] = (tip[0], tip[1], tip[2] - scene.obj_height[1, 0])
+    mismatched = total = 0
+    for pitch in (-20.0, 0.0, 15.0):
+        nav = CameraSpec(height=48, width=64, pitch=pitch)
+        manip = CameraSpec.manipulation(height=48, width=64, pitch=pitch - 25.0)
+        images = render_nav(scene, nav), render_manip(scene, manip)
+        for row in range(envs):
+            cam_nav = (*scene.robot_xy[row], nav.mount_height)
+            grip = scene.gripper()[row]
+            cam_manip = (grip[0] + manip.forward_offset * math.cos(scene.robot_yaw[row]),
+                         grip[1] + manip.forward_offset * math.sin(scene.robot_yaw[row]), grip[2] + manip.mount_height)  # fmt: skip
+            for image, camera, cam, arm in ((images[0], nav, cam_nav, True), (images[1], manip, cam_manip, False)):
+                expected = reference_image(scene, row, camera, cam, arm)
+                mismatched += (image[row] != expected).any(-1).sum()
+                total += expected.shape[0] * expected.shape[1]
+    assert mismatched / total < 0.001

@@ -676,12 +676,15 @@ def _sort_under(key: np.ndarray, enter: np.ndarray, support: np.ndarray, under: 
     """Keys of raised prisms whose base is above the camera: the furniture they rest on hides
     them behind its front, so they sort just behind where the ray leaves that furniture (in
     the order the ray enters them)."""
-    index = np.broadcast_to(np.maximum(support, 0).astype(np.intp)[:, None, :], key.shape)
+    some = np.flatnonzero(under.any(axis=0))  # the few prisms concerned
+    sub_key, sub_enter = key[..., some], enter[..., some]
+    index = np.broadcast_to(np.maximum(support[:, some], 0).astype(np.intp)[:, None, :], sub_key.shape)
     below_enter = np.take_along_axis(boxes_cast[0], index, 2)
     below_leave = np.take_along_axis(boxes_cast[1], index, 2)
     with np.errstate(invalid="ignore"):  # inf - inf where the ray misses the furniture
-        depth = np.clip((enter - below_enter) / np.maximum(below_leave - below_enter, 1e-6), 0.0, 1.0)
-    np.copyto(key, below_leave + np.float32(1e-3) * (1 + depth), where=under[:, None, :] & (below_enter < np.inf))
+        depth = np.clip((sub_enter - below_enter) / np.maximum(below_leave - below_enter, 1e-6), 0.0, 1.0)
+    np.copyto(sub_key, below_leave + np.float32(1e-3) * (1 + depth), where=under[:, None, some] & (below_enter < np.inf))
+    key[..., some] = sub_key
 
 
 _RGB32 = np.dtype("<u4")  # a colour as bytes r, g, b, 0 in memory order
