@@ -22,7 +22,9 @@ two fingers are thin rectangles at the arm's height.
    footprints, so the one the ray leaves first is in front; a prism raised above the floor
    (on a furniture top, or in the gripper) sorts by where the ray enters it, which is
    nearer than where the ray leaves the furniture below it, and wherever the two are in
-   line the raised prism is indeed in front of that furniture's top.
+   line the raised prism is indeed in front of that furniture's top. Seen from below that
+   top (a low gripper camera), the furniture's front hides the prism instead, and the
+   prism sorts just behind where the ray leaves the furniture.
 3. Each row of a column looks up or down at its own elevation angle, which includes the
    camera's pitch. Along one column a prism covers the rows between its bottom and top
    front edges (its vertical face, at the entry distance) and, when it is lower than the
@@ -539,6 +541,7 @@ def _keep_heap_warm() -> None:
 
 
 def _render_block(groups: list[_Prisms], cam: np.ndarray, yaw: np.ndarray, spec: CameraSpec, style: RenderStyle) -> np.ndarray:
+    """Steps 1 to 4 of the module docstring for one block of envs: uint8 ``[n, H, W, 3]``."""
     n, H, W = len(cam), spec.height, spec.width
     grid = _grid(spec)
     boxes, rects, discs = groups
@@ -552,40 +555,8 @@ def _render_block(groups: list[_Prisms], cam: np.ndarray, yaw: np.ndarray, spec:
         inv_dx, inv_dy = 1.0 / dx, 1.0 / dy
     cast = [_cast_boxes(boxes, cam32, inv_dx, inv_dy), _cast_rects(rects, cam32, dx, dy), _cast_discs(discs, cam32, dx, dy)]
 
-    # the nearest wall ends every column; nothing behind it can be seen
-    is_wall = (boxes.z1 >= CEILING_HEIGHT - 1e-4)[:, None, :]
-    wall_enter = np.where(is_wall, cast[0][0], np.inf)
-    wall = wall_enter.argmin(axis=2)
-    wall_dist = np.take_along_axis(wall_enter, wall[..., None], 2)
-
-    # Paint order (see the module docstring): prisms standing on the floor sort by where the
-    # ray leaves them, raised prisms by where it enters them. Keys are positive floats, so
-    # their bits sort as integers: with the prism's index in the low half of an int64, one
-    # integer sort orders the layers exactly and says which prism each is.
-    total = int(starts[-1])
-    encoded = []
-    for g, (enter, leave, _) in enumerate(cast):
-        # a missed prism has enter = inf and so gets key inf
-        key = np.maximum(leave - np.float32(1e-3), enter)
-        if g:
-            raised = groups[g].z0 > 1e-3
-            np.copyto(key, enter, where=raised[:, None, :])
-            under = raised & (groups[g].z0 > cam32[:, 2:]) & (groups[g].support >= 0)
-            if under.any():
-                _sort_under(key, enter, groups[g].support, under, cast[0])
-        else:
-            np.copyto(key, np.float32(np.inf), where=is_wall)
-        # behind the wall: entered beyond it (furniture against a wall may reach into it)
-        np.copyto(key, np.float32(np.inf), where=enter >= wall_dist)
-        bits = key.view(np.int32).astype(np.int64) << 32
-        bits |= np.arange(starts[g], starts[g + 1], dtype=np.int64)
-        encoded.append(bits)
-    k = min(MAX_LAYERS, total)
-    nearest = np.sort(np.concatenate(encoded, axis=2), axis=2)[..., :k]
-    near_key = (nearest >> 32).astype(np.int32).view(np.float32)
-    layers = np.concatenate([(nearest & 0xFFFFFFFF).astype(np.int32), wall[..., None].astype(np.int32)], axis=2)
-    present = np.concatenate([near_key, wall_dist], axis=2) < np.inf  # [n, W, L], nearest first, the wall last
-    num_layers = layers.shape[2]
+    layers, present = _nearest_layers(groups, cast, cam32[:, 2:], starts)  # [n, W, L]
+    num_layers, total = layers.shape[2], int(starts[-1])
 
     # per layer: what the casters found along its ray, and its prism's heights and colour
     ray = (np.arange(n, dtype=np.intp)[:, None, None] * W + np.arange(W)[None, :, None])
@@ -597,8 +568,7 @@ def _render_block(groups: list[_Prisms], cam: np.ndarray, yaw: np.ndarray, spec:
     def per_layer(i: int) -> np.ndarray:
         got = np.take(cast[0][i], picks[0][1])
         for g in (1, 2):
-            if sizes[g]:
-                np.copyto(got, np.take(cast[g][i], picks[g][1]), where=picks[g][0])
+            np.copyto(got, np.take(cast[g][i], picks[g][1]), where=picks[g][0])
         return got
 
     l_enter = np.where(present, per_layer(0), np.float32(1.0))
@@ -643,13 +613,23 @@ def _render_block(groups: list[_Prisms], cam: np.ndarray, yaw: np.ndarray, spec:
     table[..., : 2 * L] = _tone_packed(palette, style)
     table[..., 2 * L :] = _tone_packed(_background(cam32[:, 2], grid, style), style)[:, None, :]
 
-    # paint the layers far to near into per-pixel codes, column-major ([n, W, H]) where the
-    # comparisons run fastest: l is layer l's vertical face, L + l its top or bottom face
+    code = _paint(first, last, front_first, front_last, empty, H)  # [n, W, H]
+    index = np.ascontiguousarray(code.transpose(0, 2, 1)).astype(np.int32)
+    index += (np.arange(n * W, dtype=np.int32) * (2 * L + H)).reshape(n, 1, W)
+    return _unpack_rgb(np.take(table.reshape(-1), index))
+
+
+def _paint(first, last, front_first, front_last, empty, H: int) -> np.ndarray:
+    """Paint the layers ``[n, W, L]`` (row bounds of each layer and of its vertical face,
+    inclusive) far to near into per-pixel codes ``[n, W, H]``, column-major, where the
+    comparisons run fastest: l is layer l's vertical face, L + l its top or bottom face, and
+    2L + row the floor or ceiling of that row."""
+    n, W, L = first.shape
     code_type = np.uint8 if 2 * L + H <= 256 else np.uint16
     row = np.arange(H, dtype=np.int16)
-    code = np.empty((n * W, H), dtype=code_type)
-    code[:] = (2 * L + row).astype(code_type)
     columns = n * W
+    code = np.empty((columns, H), dtype=code_type)
+    code[:] = (2 * L + row).astype(code_type)
     first, front_first = first.reshape(columns, L, 1), front_first.reshape(columns, L, 1)
     span = (last.reshape(columns, L, 1) - first).astype(np.uint16)
     front_span = (front_last.reshape(columns, L, 1) - front_first).astype(np.uint16)
@@ -666,10 +646,44 @@ def _render_block(groups: list[_Prisms], cam: np.ndarray, yaw: np.ndarray, spec:
         np.copyto(target, layer, where=front)
         if not isinstance(some, slice):
             code[some] = target
-    code = code.reshape(n, W, H)
-    index = np.ascontiguousarray(code.transpose(0, 2, 1)).astype(np.int32)
-    index += (np.arange(n * W, dtype=np.int32) * (2 * L + H)).reshape(n, 1, W)
-    return _unpack_rgb(np.take(table.reshape(-1), index))
+    return code.reshape(n, W, H)
+
+
+def _nearest_layers(groups: list[_Prisms], cast, cam_z: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column, the prisms to paint ``[n, W, L]`` (indices into the groups laid end to
+    end): the ``MAX_LAYERS`` first in paint order, nearest first, then the nearest wall; and
+    which of them the ray meets at all."""
+    boxes = groups[0]
+    # the nearest wall ends every column; nothing behind it can be seen
+    is_wall = (boxes.z1 >= CEILING_HEIGHT - 1e-4)[:, None, :]
+    wall_enter = np.where(is_wall, cast[0][0], np.inf)
+    wall = wall_enter.argmin(axis=2)
+    wall_dist = np.take_along_axis(wall_enter, wall[..., None], 2)
+    # Paint order (see the module docstring): prisms standing on the floor sort by where the
+    # ray leaves them, raised prisms by where it enters them. Keys are positive floats, so
+    # their bits sort as integers: with the prism's index in the low half of an int64, one
+    # integer sort orders the layers exactly and says which prism each is.
+    encoded = []
+    for g, (enter, leave, _) in enumerate(cast):
+        # a missed prism has enter = inf and so gets key inf
+        key = np.maximum(leave - np.float32(1e-3), enter)
+        if g:
+            raised = groups[g].z0 > 1e-3
+            np.copyto(key, enter, where=raised[:, None, :])
+            under = raised & (groups[g].z0 > cam_z) & (groups[g].support >= 0)
+            if under.any():
+                _sort_under(key, enter, groups[g].support, under, cast[0])
+        else:
+            np.copyto(key, np.float32(np.inf), where=is_wall)
+        # behind the wall: entered beyond it (furniture against a wall may reach into it)
+        np.copyto(key, np.float32(np.inf), where=enter >= wall_dist)
+        bits = key.view(np.int32).astype(np.int64) << 32
+        bits |= np.arange(starts[g], starts[g + 1], dtype=np.int64)
+        encoded.append(bits)
+    nearest = np.sort(np.concatenate(encoded, axis=2), axis=2)[..., :MAX_LAYERS]
+    near_key = (nearest >> 32).astype(np.int32).view(np.float32)
+    layers = np.concatenate([(nearest & 0xFFFFFFFF).astype(np.int32), wall[..., None].astype(np.int32)], axis=2)
+    return layers, np.concatenate([near_key, wall_dist], axis=2) < np.inf
 
 
 def _sort_under(key: np.ndarray, enter: np.ndarray, support: np.ndarray, under: np.ndarray, boxes_cast) -> None:
