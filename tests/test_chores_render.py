@@ -213,6 +213,8 @@ def test_bad_camera_and_style_settings_are_refused():
     with pytest.raises(ConfigError, match="rows"):
         render_nav(scene_of(room()), rows=[3])
     assert abs(CameraSpec().horizontal_fov - 88.2) < 0.1
+    assert abs(CameraSpec().replace(vertical_fov=40.0).horizontal_fov - 63.9) < 0.1  # the same 384x224 frame
+    assert CameraSpec(horizontal_fov=70.0).replace(vertical_fov=40.0).horizontal_fov == 70.0
     assert RenderStyle(category_colors={"mug": [1, 2, 3]}) == RenderStyle(category_colors=(("mug", (1, 2, 3)),))
 
 

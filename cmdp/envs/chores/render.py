@@ -69,6 +69,11 @@ from cmdp.envs.chores.costs import COST_NAMES
 from cmdp.envs.chores.scene import Scene
 from cmdp.errors import ConfigError
 
+__all__ = [
+    "CameraSpec", "RenderStyle", "NAV_CAMERA", "MANIP_CAMERA", "COST_COLORS",
+    "render_nav", "render_manip", "render_topdown", "write_episode",
+]  # fmt: skip
+
 CEILING_HEIGHT = cat.WALL_HEIGHT  # m; walls reach the ceiling, so a wall hides all behind it
 MAX_LAYERS = 6
 """Prisms drawn per image column in front of the nearest wall (the nearest ones win)."""
@@ -194,8 +199,7 @@ class CameraSpec:
         vfov = _number("CameraSpec", "vertical_fov", self.vertical_fov, 10.0, 150.0)
         set_(self, "vertical_fov", vfov)
         if self.horizontal_fov is None:
-            aspect = DEFAULT_FRAME[1] / DEFAULT_FRAME[0]
-            set_(self, "horizontal_fov", math.degrees(2 * math.atan(aspect * math.tan(math.radians(vfov) / 2))))
+            set_(self, "horizontal_fov", _frame_hfov(vfov))
         else:
             set_(self, "horizontal_fov", _number("CameraSpec", "horizontal_fov", self.horizontal_fov, 10.0, 170.0))
         set_(self, "mount_height", _number("CameraSpec", "mount_height", self.mount_height, -1.0, CEILING_HEIGHT))
@@ -214,7 +218,18 @@ class CameraSpec:
         return cls(**{"mount_height": 0.15, "forward_offset": -0.1, "pitch": -45.0, **overrides})
 
     def replace(self, **changes: Any) -> "CameraSpec":
+        """A copy with ``changes``; a new ``vertical_fov`` takes a horizontal one to match when
+        the horizontal one was derived (not given) and is not changed too."""
+        if "vertical_fov" in changes and "horizontal_fov" not in changes:
+            if math.isclose(self.horizontal_fov, _frame_hfov(self.vertical_fov)):
+                changes["horizontal_fov"] = None
         return dataclasses.replace(self, **changes)
+
+
+def _frame_hfov(vertical_fov: float) -> float:
+    """The horizontal field of view (degrees) of a DEFAULT_FRAME-shaped pinhole frame."""
+    aspect = DEFAULT_FRAME[1] / DEFAULT_FRAME[0]
+    return math.degrees(2 * math.atan(aspect * math.tan(math.radians(vertical_fov) / 2)))
 
 
 NAV_CAMERA = CameraSpec()
