@@ -85,7 +85,11 @@ class OnPolicyConfig(Config):
     )
     normalize_obs: bool = option(True, "Normalise observations with running mean and std (final observations too).")
     network: str = option(
-        "mlp", "Policy network: 'mlp' (feed-forward) or 'gru' (a sequence policy with memory).", choices=("mlp", "gru")
+        "mlp",
+        "Policy network: 'mlp' (feed-forward), 'gru' (a sequence policy with memory) or 'vla' (the "
+        "vision-language-action transformer of cmdp.policies.vla with its default VLAConfig; rgb "
+        "Safety-CHORES observations).",
+        choices=("mlp", "gru", "vla"),
     )
     hidden_sizes: tuple[int, ...] = option((64, 64), "Hidden layer widths of actor and critics.", ge=1)
     gru_memory: int = option(64, "Width of the GRU state when network='gru'.", ge=1)
@@ -203,6 +207,10 @@ class OnPolicyAlgorithm:
             from cmdp.policies.recurrent import GRUActorCritic
 
             return GRUActorCritic(*spaces, memory=c.gru_memory, **common)
+        if c.network == "vla":
+            from cmdp.policies.vla import VLAPolicy
+
+            return VLAPolicy(*spaces)
         return MLPActorCritic(*spaces, **common)
 
     def _build_env(self, env: Any, num_envs: int, seed: int, obs_rms: Any = None) -> VectorCMDP:

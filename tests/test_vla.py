@@ -1,0 +1,246 @@
+"""The VLA policy: KV-cache acting equals full-sequence evaluation, the engine's segment
+minibatches reproduce acting log-probabilities, every solver trains it, checkpoints are strict."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cmdp.algorithms import ALGORITHMS, PPO, get_algorithm
+from cmdp.errors import CheckpointError, ConfigError
+from cmdp.policies.vla import VLAConfig, VLAPolicy, spaces_from_signature
+
+IO = {"image_shape": [32, 32, 3], "vocab_size": 69, "max_tokens": 16, "last_actions": 21, "num_actions": 20, "num_costs": 5}
+TINY = dict(
+    d_model=32, num_layers=2, num_heads=4, ff_dim=64, context=5, cnn_channels=(8, 8), cnn_strides=(4, 2),
+    text_dim=16, text_heads=2, critic_hidden=16,
+)  # fmt: skip
+ENV_KWARGS = {"obs_mode": "rgb", "image_size": (32, 32), "max_episode_steps": 6}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_policy(**overrides) -> VLAPolicy:
+    obs_space, act_space = spaces_from_signature(IO)
+    return VLAPolicy(obs_space, act_space, 5, VLAConfig(**(TINY | overrides)))
+
+
+def random_obs(b: int, length: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    return {
+        "rgb_nav": torch.from_numpy(rng.integers(0, 256, (b, length, 32, 32, 3), dtype=np.uint8)),
+        "rgb_manip": torch.from_numpy(rng.integers(0, 256, (b, length, 32, 32, 3), dtype=np.uint8)),
+        "instruction": torch.from_numpy(rng.integers(0, 69, (b, length, 16))),
+        "holding": torch.from_numpy(rng.integers(0, 2, (b, length))),
+        "last_action": torch.from_numpy(rng.integers(0, 21, (b, length))),
+        "time_step": torch.from_numpy(rng.integers(0, 500, (b, length, 1))),
+    }
+
+
+@pytest.mark.parametrize("separate_critic", [False, True])
+def test_kv_cache_steps_equal_the_full_sequence_forward(separate_critic):
+    torch.manual_seed(0)
+    policy = tiny_policy(separate_critic=separate_critic)
+    b, warm, length = 3, 4, 14
+    obs = random_obs(b, warm + length)
+    starts = torch.zeros(b, warm + length, dtype=torch.bool)
+    starts[:, 0] = True
+    starts[0, warm + 3] = starts[0, warm + 11] = True  # episodes end inside the segment
+    starts[1, warm] = True  # a segment that begins a new episode ignores the cached context
+    state = policy.initial_state(b)
+    logits, values, cost_values = [], [], []
+    with torch.no_grad():
+        for t in range(warm + length):
+            if t == warm:
+                cached = state
+            out = policy.act({k: v[:, t] for k, v in obs.items()}, state, starts[:, t])
+            state = out.state
+            logits.append(out.dist.logits)
+            values.append(out.value)
+            cost_values.append(out.cost_value)
+        full = policy.evaluate(
+            {
+                "obs": {k: v[:, warm:] for k, v in obs.items()},
+                "episode_start": starts[:, warm:],
+                "state": cached,
+                "mask": torch.ones(b, length, dtype=torch.bool),
+            }
+        )
+    # the window (5) is shorter than the segment, so the sliding mask is exercised too
+    torch.testing.assert_close(full.dist.logits, torch.stack(logits[warm:], 1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(full.value, torch.stack(values[warm:], 1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(full.cost_value, torch.stack(cost_values[warm:], 1), atol=1e-5, rtol=1e-5)
+    assert full.cost_value.shape == (b, length, 5)
+
+
+def test_attention_is_limited_to_the_window_and_the_episode():
+    torch.manual_seed(0)
+    policy = tiny_policy(num_layers=1, context=3)
+    b, length = 1, 8
+    obs = random_obs(b, length)
+    starts = torch.zeros(b, length, dtype=torch.bool)
+    starts[0, 0] = starts[0, 5] = True
+    batch = {"obs": obs, "episode_start": starts, "state": None, "mask": None}
+    with torch.no_grad():
+        base = policy.evaluate(batch).dist.logits
+        changed = {k: v.clone() for k, v in obs.items()}
+        changed["rgb_nav"][0, 2] = 255 - changed["rgb_nav"][0, 2]  # perturb step 2 only
+        after = policy.evaluate(batch | {"obs": changed}).dist.logits
+    moved = (after - base).abs().amax(-1)[0]
+    # one layer, window 3: step 2 is seen by steps 2, 3, 4; step 5 starts a new episode
+    assert torch.all(moved[[2, 3, 4]] > 1e-6)
+    assert torch.all(moved[[0, 1, 5, 6, 7]] == 0)
+
+
+def test_acting_state_has_a_fixed_size_whatever_the_step():
+    policy = tiny_policy()
+    obs = random_obs(2, 1)
+    step_obs = {k: v[:, 0] for k, v in obs.items()}
+    state = policy.initial_state(2)
+    shapes = []
+    with torch.no_grad():
+        for t in range(40):
+            state = policy.act(step_obs, state, torch.tensor([t == 0, t == 0])).state
+            shapes.append({k: tuple(v.shape) for k, v in state.items()})
+    assert all(s == shapes[0] for s in shapes)
+    assert shapes[0]["kv"] == (2, 2, 2, 4, 32) and bool(state["valid"].all())
+
+
+def test_actor_and_critic_parameters_are_disjoint_and_the_critic_loss_stays_in_the_critic():
+    for separate in (False, True):
+        policy = tiny_policy(separate_critic=separate)
+        actor = {id(p) for p in policy.actor_parameters()}
+        critic = {id(p) for p in policy.critic_parameters()}
+        assert not actor & critic
+        assert actor | critic == {id(p) for p in policy.parameters()}
+        out = policy.evaluate({"obs": random_obs(2, 3), "episode_start": torch.ones(2, 3, dtype=torch.bool), "state": None, "mask": None})
+        (out.value.sum() + out.cost_value.sum()).backward()
+        assert all(p.grad is None for p in policy.actor_parameters())
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.critic_parameters())
+
+
+def test_engine_segment_minibatches_reproduce_acting_log_probs():
+    policy = tiny_policy()
+    algo = PPO(
+        "SafetyChores-Fetch-v0", seed=0, run_dir=False, policy=policy, num_envs=2, steps_per_epoch=40,
+        minibatch_size=12, update_epochs=1, env_kwargs=ENV_KWARGS,
+    )  # fmt: skip
+    algo.learn(40)  # one epoch: the next rollout starts from a warm KV cache
+    data, _, _ = algo._collect()
+    assert bool(data["start_state"]["valid"].any())
+    assert int(data["episode_start"].sum()) >= 4  # 6-step episodes end inside the 20-step rollout
+    algo._advantages(data)
+    seen = 0
+    with torch.no_grad():
+        for mb in algo._minibatches(data):
+            out = algo.policy.evaluate(mb)
+            m = mb["mask"]
+            torch.testing.assert_close(out.dist.log_prob(mb["actions"])[m], mb["logp"][m], atol=1e-5, rtol=1e-5)
+            seen += int(m.sum())
+    assert seen == 40
+    algo.close()
+
+
+@pytest.mark.parametrize("name", ["PPO", "PPOLag", "PIDLag", "FOCOPS", "CPO"])
+def test_every_solver_trains_the_vla_on_the_rgb_env(name):
+    algo_cls = get_algorithm(name)
+    kwargs = {} if name == "PPO" else {"cost_limit": 1.0}
+    algo = algo_cls(
+        "SafetyChores-Fetch-v0", seed=0, run_dir=False, policy=tiny_policy(), num_envs=2, steps_per_epoch=24,
+        minibatch_size=12, update_epochs=2, env_kwargs=ENV_KWARGS, **kwargs,
+    )  # fmt: skip
+    before = [p.detach().clone() for p in algo.policy.actor_parameters()]
+    algo.learn(24)
+    info = algo.last_info
+    losses = {k: v for k, v in info.items() if k.startswith("Loss/")}
+    assert "Loss/value" in losses and "Loss/cost_value" in losses and "Loss/pi" in losses
+    assert all(math.isfinite(v) for v in info.values() if isinstance(v, float))
+    changed = any(not torch.equal(a, b) for a, b in zip(before, algo.policy.actor_parameters()))
+    assert changed or info.get("CPO/step_fraction") == 0.0
+    algo.close()
+    assert name in ALGORITHMS
+
+
+def test_network_vla_builds_the_default_policy():
+    algo = PPO(
+        "SafetyChores-Fetch-v0", seed=0, run_dir=False, network="vla", num_envs=2, steps_per_epoch=8,
+        minibatch_size=8, update_epochs=1, env_kwargs=ENV_KWARGS,
+    )  # fmt: skip
+    assert isinstance(algo.policy, VLAPolicy) and algo.policy.config == VLAConfig()
+    algo.learn(8)
+    assert math.isfinite(algo.last_info["Loss/pi"])
+    algo.close()
+
+
+def test_bad_spaces_and_configs_are_rejected():
+    import gymnasium as gym
+
+    with pytest.raises(ConfigError, match="rgb Safety-CHORES observation dict"):
+        VLAPolicy(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(20), 5)
+    with pytest.raises(ConfigError, match="multiple of num_heads"):
+        VLAConfig(d_model=30, num_heads=4)
+    with pytest.raises(ConfigError, match="one stride per entry"):
+        VLAConfig(cnn_channels=(8, 8), cnn_strides=(2,))
+    policy = tiny_policy()
+    big = {k: v[:, 0] for k, v in random_obs(1, 1).items()}
+    big["rgb_nav"] = torch.zeros(1, 64, 64, 3, dtype=torch.uint8)
+    with pytest.raises(ConfigError, match="built for"):
+        policy.act(big)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    torch.manual_seed(1)
+    policy = tiny_policy()
+    path = policy.save_pretrained(tmp_path / "il")
+    assert path.name == "vla.pt"
+    data = torch.load(path, weights_only=True)  # nothing in the file needs pickle's code paths
+    assert data["config"]["d_model"] == 32
+    loaded = VLAPolicy.from_pretrained(tmp_path / "il")
+    batch = {"obs": random_obs(2, 4), "episode_start": torch.ones(2, 4, dtype=torch.bool), "state": None, "mask": None}
+    with torch.no_grad():
+        a, b = policy.evaluate(batch), loaded.evaluate(batch)
+    torch.testing.assert_close(a.dist.logits, b.dist.logits, rtol=0, atol=0)
+    torch.testing.assert_close(a.cost_value, b.cost_value, rtol=0, atol=0)
+    # FLaRe's separate critic starts as a copy of the pretrained actor network
+    flare = VLAPolicy.from_pretrained(path, separate_critic=True, context=9)
+    assert flare.config.separate_critic and flare.config.context == 9
+    for (ka, va), (kc, vc) in zip(flare.trunk.state_dict().items(), flare.critic_trunk.state_dict().items()):
+        assert ka == kc and torch.equal(va, vc)
+    with torch.no_grad():
+        torch.testing.assert_close(flare.evaluate(batch).dist.logits, a.dist.logits, rtol=0, atol=0)
+
+
+def test_mismatched_and_corrupted_checkpoints_raise_clear_errors(tmp_path):
+    policy = tiny_policy()
+    path = policy.save_pretrained(tmp_path / "vla.pt")
+    data = torch.load(path, weights_only=True)
+    weights = data["state_dict"]
+    weights["extra.weight"] = torch.zeros(1)
+    del weights["action_head.net.bias"]
+    torch.save(data, tmp_path / "keys.pt")
+    with pytest.raises(CheckpointError) as err:
+        VLAPolicy.from_pretrained(tmp_path / "keys.pt")
+    assert "missing keys ['action_head.net.bias']" in str(err.value)
+    assert "unexpected keys ['extra.weight']" in str(err.value)
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        VLAPolicy.from_pretrained(path, critic_hidden=8)
+    with pytest.raises(ConfigError, match="unknown VLAConfig override"):
+        VLAPolicy.from_pretrained(path, d_modle=64)
+    raw = path.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        VLAPolicy.from_pretrained(tmp_path / "cut.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a pretrained VLA"):
+        VLAPolicy.from_pretrained(tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="no pretrained VLA"):
+        VLAPolicy.from_pretrained(tmp_path / "missing.pt")
