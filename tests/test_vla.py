@@ -10,10 +10,15 @@ import pytest
 import torch
 
 from cmdp.algorithms import ALGORITHMS, PPO, get_algorithm
+from cmdp.envs.chores import catalog as cat
+from cmdp.envs.chores import text
 from cmdp.errors import CheckpointError, ConfigError
 from cmdp.policies.vla import VLAConfig, VLAPolicy, spaces_from_signature
 
-IO = {"image_shape": [32, 32, 3], "vocab_size": 69, "max_tokens": 16, "last_actions": 21, "num_actions": 20, "num_costs": 5}
+IO = {
+    "image_shape": [32, 32, 3], "vocab_size": text.VOCAB_SIZE, "max_tokens": text.MAX_TOKENS,
+    "last_actions": cat.NUM_ACTIONS + 1, "num_actions": cat.NUM_ACTIONS, "num_costs": 5,
+}  # fmt: skip
 TINY = dict(
     d_model=32, num_layers=2, num_heads=4, ff_dim=64, context=5, cnn_channels=(8, 8), cnn_strides=(4, 2),
     text_dim=16, text_heads=2, critic_hidden=16,
@@ -39,7 +44,7 @@ def random_obs(b: int, length: int, seed: int = 0) -> dict[str, torch.Tensor]:
     return {
         "rgb_nav": torch.from_numpy(rng.integers(0, 256, (b, length, 32, 32, 3), dtype=np.uint8)),
         "rgb_manip": torch.from_numpy(rng.integers(0, 256, (b, length, 32, 32, 3), dtype=np.uint8)),
-        "instruction": torch.from_numpy(rng.integers(0, 69, (b, length, 16))),
+        "instruction": torch.from_numpy(rng.integers(0, text.VOCAB_SIZE, (b, length, text.MAX_TOKENS))),
         "holding": torch.from_numpy(rng.integers(0, 2, (b, length))),
         "last_action": torch.from_numpy(rng.integers(0, 21, (b, length))),
         "time_step": torch.from_numpy(rng.integers(0, 500, (b, length, 1))),
@@ -122,7 +127,8 @@ def test_actor_and_critic_parameters_are_disjoint_and_the_critic_loss_stays_in_t
         critic = {id(p) for p in policy.critic_parameters()}
         assert not actor & critic
         assert actor | critic == {id(p) for p in policy.parameters()}
-        out = policy.evaluate({"obs": random_obs(2, 3), "episode_start": torch.ones(2, 3, dtype=torch.bool), "state": None, "mask": None})
+        starts = torch.ones(2, 3, dtype=torch.bool)
+        out = policy.evaluate({"obs": random_obs(2, 3), "episode_start": starts, "state": None, "mask": None})
         (out.value.sum() + out.cost_value.sum()).backward()
         assert all(p.grad is None for p in policy.actor_parameters())
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.critic_parameters())

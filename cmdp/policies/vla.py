@@ -434,7 +434,9 @@ class VLAPolicy(ActorCritic):
                 f"with image_size={tuple(self.io['image_shape'][:2])}"
             )
 
-    def _run(self, obs: Mapping[str, Tensor], state: Mapping[str, Tensor], episode_start: Tensor, critic_only: bool = False):
+    def _run(
+        self, obs: Mapping[str, Tensor], state: Mapping[str, Tensor], episode_start: Tensor, critic_only: bool = False
+    ):
         """Encode ``[B, L]`` steps and run the transformer(s) over them after the cached context.
         Returns (actor output or None, critic features, new keys/values per network, allowed,
         key episodes)."""
@@ -461,7 +463,9 @@ class VLAPolicy(ActorCritic):
     def _as_state(self, state: Any, n: int) -> Mapping[str, Tensor]:
         return self.initial_state(n) if state is None else state
 
-    def _next_state(self, state: Mapping[str, Tensor], new_kv: Mapping[str, Tensor], key_episode: Tensor) -> dict[str, Tensor]:
+    def _next_state(
+        self, state: Mapping[str, Tensor], new_kv: Mapping[str, Tensor], key_episode: Tensor
+    ) -> dict[str, Tensor]:
         c = self.cache_slots
         joined_valid = key_episode == key_episode[:, -1:]  # keys of the episode the last step is in
         joined_valid[:, : state["valid"].shape[1]] &= state["valid"]
@@ -555,7 +559,8 @@ class VLAPolicy(ActorCritic):
         policy = cls(obs_space, act_space, data["io"]["num_costs"], cfg)
         weights = dict(data["state_dict"])
         if cfg.separate_critic and not saved_cfg.separate_critic:
-            weights |= {f"critic_trunk.{k[len('trunk.'):]}": v.clone() for k, v in weights.items() if k.startswith("trunk.")}
+            actor = {k[len("trunk.") :]: v for k, v in weights.items() if k.startswith("trunk.")}
+            weights |= {f"critic_trunk.{k}": v.clone() for k, v in actor.items()}
         elif saved_cfg.separate_critic and not cfg.separate_critic:
             weights = {k: v for k, v in weights.items() if not k.startswith("critic_trunk.")}
         load_strict(policy, weights, path)

@@ -1,0 +1,730 @@
+"""Imitation pretraining: the SPOC analogue, "the IL policy" that ISA starts from.
+
+SPOC clones a shortest-path expert that ignores safety; the policy it yields finishes tasks and
+inherits the expert's unsafe habits, which is what safe RL then has to remove. Here:
+
+:func:`generate_demos`
+    runs :class:`~cmdp.envs.chores.expert.ShortestPathExpert` (the safety-unaware teacher) on
+    Safety-CHORES training episodes with rgb observations and records, per step, the
+    observation, the expert's action, the action executed, reward and the five costs, and per
+    episode its length, success, return and costs. Shards of ``shard_size`` episodes are written
+    as compressed ``.npz`` files, each atomically and each from its own seed, so an interrupted
+    run that is started again skips the finished shards and produces exactly the same data.
+    Optional ``action_noise`` executes a random motion instead of the expert's action with that
+    probability while still recording the expert's action as the label (DART-style noise
+    injection: the demonstrations then show how to recover from small mistakes, the main weakness
+    of plain behaviour cloning).
+
+:func:`train_bc`
+    behaviour cloning of a :class:`~cmdp.policies.vla.VLAPolicy`: cross-entropy on the expert's
+    actions over trajectory segments, computed through the policy's sequence interface
+    (``evaluate`` with ``episode_start``, ``mask`` and ``state``) exactly as the RL solvers
+    call it. Episodes longer than ``segment_length`` are cut into pieces; each piece is preceded
+    by up to ``context - 1`` unscored steps of the same episode, so every scored step sees the
+    full attention window it will see while acting. Checkpoints hold the weights, the optimiser,
+    the step and every random state: a rerun in the same ``out_dir`` continues exactly.
+
+:func:`evaluate_policy`
+    success rate and cumulative cost (total and per component) of a policy on a Safety-CHORES
+    episode set (the evaluation sets, or any fixed list), through the engine's evaluation loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from cmdp.algorithms import checkpoint as ckpt
+from cmdp.algorithms.config import Config, option
+from cmdp.errors import CheckpointError, ConfigError
+from cmdp.policies.vla import OBS_KEYS, VLAConfig, VLAPolicy, load_strict, read_weights_file
+from cmdp.runlog import write_json
+
+log = logging.getLogger("cmdp")
+
+DEMO_FORMAT = "cmdp-demos"
+DEMO_VERSION = 1
+BC_FORMAT = "cmdp-bc"
+BC_VERSION = 1
+MANIFEST = "demos.json"
+BC_CHECKPOINT = "bc_checkpoint.pt"
+PRETRAINED_NAME = "vla.pt"
+
+# Storage dtypes of the per-step observation keys (the env's int64 ids fit in far less).
+_OBS_DTYPES = {
+    "rgb_nav": np.uint8,
+    "rgb_manip": np.uint8,
+    "instruction": np.int16,
+    "holding": np.int8,
+    "last_action": np.int16,
+    "time_step": np.int32,
+}
+
+
+# ---- demonstrations -------------------------------------------------------------------------
+
+
+@dataclass
+class Demos:
+    """Demonstrations, concatenated over episodes.
+
+    ``obs`` maps each observation key to ``[T, ...]``; ``actions`` are the expert's labels and
+    ``executed`` what the env ran (they differ only where action noise was injected);
+    ``rewards`` ``[T]``, ``costs`` ``[T, K]``. Episode ``e`` covers steps
+    ``offsets[e] : offsets[e] + lengths[e]``; ``success``, ``returns`` ``[E]`` and
+    ``episode_costs`` ``[E, K]`` describe it.
+    """
+
+    task: str
+    obs: dict[str, np.ndarray]
+    actions: np.ndarray
+    executed: np.ndarray
+    rewards: np.ndarray
+    costs: np.ndarray
+    lengths: np.ndarray
+    success: np.ndarray
+    returns: np.ndarray
+    episode_costs: np.ndarray
+    episode_ids: np.ndarray
+    cost_names: tuple[str, ...]
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+
+    @property
+    def num_episodes(self) -> int:
+        return int(len(self.lengths))
+
+    @property
+    def num_steps(self) -> int:
+        return int(len(self.actions))
+
+    def summary(self) -> dict[str, Any]:
+        """Episodes, steps, the expert's success rate, episode length and costs per component."""
+        costs = self.episode_costs.mean(axis=0) if self.num_episodes else np.zeros(len(self.cost_names))
+        return {
+            "task": self.task,
+            "episodes": self.num_episodes,
+            "steps": self.num_steps,
+            "success_rate": float(self.success.mean()) if self.num_episodes else 0.0,
+            "ep_length": float(self.lengths.mean()) if self.num_episodes else 0.0,
+            "ep_cost": float(costs.sum()),
+            "ep_costs": {name: float(v) for name, v in zip(self.cost_names, costs)},
+        }
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies this data for resuming training on it."""
+        return {
+            "task": self.task,
+            "episodes": self.num_episodes,
+            "steps": self.num_steps,
+            "actions_sum": int(self.actions.sum()),
+        }
+
+
+def _shard_path(out_dir: Path, index: int) -> Path:
+    return out_dir / f"shard-{index:05d}.npz"
+
+
+def _shard_seed(seed: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def _list_fingerprint(specs: Sequence[Any] | None) -> str | None:
+    if specs is None:
+        return None
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps([s.to_dict() for s in specs], sort_keys=True).encode()).hexdigest()
+    return f"{len(specs)}:{digest[:16]}"
+
+
+class _Progress:
+    """A plain progress line for jobs counted in episodes: redrawn in place on a terminal,
+    printed every ``interval`` seconds elsewhere."""
+
+    def __init__(self, label: str, total: int, done: int = 0, enabled: bool = True, interval: float = 10.0) -> None:
+        self.label, self.total, self.done, self.enabled = label, total, done, enabled
+        self.tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
+        self.interval = 0.5 if self.tty else interval
+        self.t0 = time.monotonic()
+        self.start_done = done
+        self.steps = 0
+        self.last = -1e9
+
+    def update(self, done: int, steps: int = 0, force: bool = False) -> None:
+        self.done, self.steps = done, self.steps + steps
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self.last < self.interval):
+            return
+        self.last = now
+        elapsed = max(now - self.t0, 1e-9)
+        rate = (self.done - self.start_done) / elapsed
+        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        line = (
+            f"{self.label}: {self.done}/{self.total} episodes ({100 * self.done / max(self.total, 1):.0f}%) | "
+            f"{self.steps / elapsed:,.0f} env steps/s | ETA {'-' if not np.isfinite(eta) else f'{eta / 60:.1f} min'}"
+        )
+        sys.stderr.write(("\r" + line) if self.tty else line + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.update(self.done, force=True)
+            if self.tty:
+                sys.stderr.write("\n")
+
+
+_NOISE_ACTIONS = ("m", "b", "l", "r", "ls", "rs", "zp", "zm", "yp", "ym")
+
+
+def generate_demos(
+    task: str = "Fetch",
+    episodes: int = 200,
+    num_envs: int = 8,
+    seed: int = 0,
+    out_dir: str | Path = "demos",
+    image_size: tuple[int, int] = (64, 64),
+    *,
+    shard_size: int = 25,
+    episode_list: Sequence[Any] | None = None,
+    action_noise: float = 0.0,
+    max_episode_steps: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Record ``episodes`` expert demonstrations of ``task`` into ``out_dir``; returns ``out_dir``.
+
+    Args:
+        task: ``"ObjectNav"``, ``"PickUp"`` or ``"Fetch"``.
+        episodes: episodes to record (successful or not; :func:`train_bc` keeps the successes).
+        num_envs: envs stepped in parallel per shard.
+        seed: base seed; shard ``k`` uses its own seed derived from ``(seed, k)``.
+        out_dir: where ``demos.json`` and ``shard-*.npz`` go. A rerun skips finished shards.
+        image_size: camera resolution ``(H, W)``; the policy trained on the demos needs the same.
+        shard_size: episodes per shard file.
+        episode_list: a fixed list of :class:`~cmdp.envs.chores.episodes.EpisodeSpec` (or dicts)
+            to demonstrate, cycled in order; default: fresh training episodes.
+        action_noise: probability of executing a random motion instead of the expert's action
+            (the expert's action stays the label).
+        max_episode_steps: time limit (default: the env's training horizon, 500).
+        progress: print a progress line.
+    """
+    from cmdp.envs.chores import text
+    from cmdp.envs.chores.episodes import specs_from
+
+    if task not in text.TASKS:
+        raise ConfigError(f"unknown task {task!r}; allowed: {', '.join(text.TASKS)}")
+    counts = {"episodes": (episodes, 1), "num_envs": (num_envs, 1), "shard_size": (shard_size, 1), "seed": (seed, 0)}
+    for name, (value, lo) in counts.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+            raise ConfigError(f"{name} must be an integer >= {lo}, got {value!r}")
+    if not 0.0 <= float(action_noise) <= 1.0:
+        raise ConfigError(f"action_noise must be a probability in [0, 1], got {action_noise!r}")
+    image_size = tuple(int(v) for v in image_size)
+    specs = specs_from(episode_list) if episode_list is not None else None
+    if specs is not None and not specs:
+        raise ConfigError("episode_list is empty")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "format": DEMO_FORMAT,
+        "version": DEMO_VERSION,
+        "task": task,
+        "seed": seed,
+        "shard_size": shard_size,
+        "image_size": list(image_size),
+        "action_noise": float(action_noise),
+        "max_episode_steps": max_episode_steps,
+        "episode_list": _list_fingerprint(specs),
+    }
+    manifest_path = out_dir / MANIFEST
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        diffs = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if diffs:
+            raise ConfigError(
+                f"{out_dir} holds demonstrations made with other settings "
+                f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diffs.items())}); "
+                "use another out_dir or the same settings"
+            )
+    num_shards = -(-episodes // shard_size)
+    manifest = dict(settings, episodes=episodes, num_shards=num_shards)
+    write_json(manifest_path, manifest)
+
+    sizes = [min(shard_size, episodes - k * shard_size) for k in range(num_shards)]
+    finished = [k for k in range(num_shards) if _shard_ok(_shard_path(out_dir, k), task, k, sizes[k], settings)]
+    bar = _Progress(f"demos {task}", episodes, done=sum(sizes[k] for k in finished), enabled=progress)
+    if finished:
+        log.info("%s: %d of %d shards already recorded, skipping them", out_dir, len(finished), num_shards)
+    for k in range(num_shards):
+        if k in finished:
+            continue
+        shard_specs = None
+        if specs is not None:
+            shard_specs = [specs[(k * shard_size + j) % len(specs)] for j in range(sizes[k])]
+        arrays = _record_shard(task, sizes[k], min(num_envs, sizes[k]), _shard_seed(seed, k), image_size, shard_specs,
+                               float(action_noise), max_episode_steps, bar)  # fmt: skip
+        arrays["meta"] = np.array(json.dumps(dict(settings, shard=k, shard_episodes=sizes[k])))
+        path = _shard_path(out_dir, k)
+        partial = path.with_name(path.name + ".partial")  # a killed run leaves no half shard behind
+        with open(partial, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.replace(partial, path)
+    bar.close()
+    return out_dir
+
+
+def _shard_ok(path: Path, task: str, index: int, size: int, settings: Mapping[str, Any]) -> bool:
+    """Whether shard ``index`` exists, is readable and was made with these settings."""
+    if not path.exists():
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+        log.warning("%s cannot be read (%s); recording it again", path, e)
+        return False
+    expected = dict(settings, shard=index, shard_episodes=size)
+    if meta != expected:
+        if dict(meta, shard_episodes=size) == expected:
+            return False  # the episode count changed and this was the last shard: record it again
+        raise ConfigError(f"{path} was recorded with other settings ({meta}); expected {expected}")
+    return True
+
+
+def _record_shard(
+    task: str,
+    episodes: int,
+    num_envs: int,
+    seed: int,
+    image_size: tuple[int, int],
+    specs: list | None,
+    action_noise: float,
+    max_episode_steps: int | None,
+    bar: _Progress,
+) -> dict[str, np.ndarray]:
+    from cmdp.envs.chores import catalog as cat
+    from cmdp.envs.chores.env import ChoresEnv
+    from cmdp.envs.chores.expert import ShortestPathExpert
+
+    env = ChoresEnv(task, num_envs=num_envs, seed=seed, obs_mode="rgb", image_size=image_size, episodes=specs,
+                    max_episode_steps=max_episode_steps)  # fmt: skip
+    rng = np.random.default_rng(seed)
+    noise_actions = np.array([cat.ACTION_INDEX[a] for a in _NOISE_ACTIONS])
+    # Each env records a fixed quota of episodes, so short episodes are not over-represented
+    # (and a fixed list is covered exactly once: env i plays entries i, i + N, ...).
+    quota = np.full(num_envs, episodes // num_envs)
+    quota[: episodes % num_envs] += 1
+    recorded = np.zeros(num_envs, dtype=np.int64)
+    current: list[list[dict[str, Any]]] = [[] for _ in range(num_envs)]
+    finished: list[tuple[int, int, list[dict[str, Any]], dict[str, Any]]] = []
+    obs, _ = env.reset(seed=seed)
+    expert = ShortestPathExpert(env, seed=seed)
+    done_before = bar.done
+    try:
+        while (recorded < quota).any():
+            expert_action = expert.act()
+            executed = expert_action.copy()
+            if action_noise > 0:
+                flip = rng.random(num_envs) < action_noise
+                executed[flip] = rng.choice(noise_actions, size=int(flip.sum()))
+            next_obs, reward, cost, term, trunc, info = env.step(executed)
+            active = np.flatnonzero(recorded < quota)
+            for i in active:
+                current[i].append(
+                    {
+                        **{k: np.asarray(obs[k][i]) for k in OBS_KEYS},
+                        "action": int(expert_action[i]),
+                        "executed": int(executed[i]),
+                        "reward": float(reward[i]),
+                        "cost": np.asarray(cost[i], dtype=np.float32),
+                    }
+                )
+            for ep in info.get("episode", []):
+                i = ep["env"]
+                if recorded[i] < quota[i]:
+                    finished.append((i, int(recorded[i]), current[i], ep))
+                    recorded[i] += 1
+                current[i] = []
+            obs = next_obs
+            bar.update(done_before + int(recorded.sum()), steps=len(active))
+    finally:
+        env.close()
+    finished.sort(key=lambda f: (f[1], f[0]))  # the order of the fixed list (env i, round j)
+    steps = [s for _, _, ep_steps, _ in finished for s in ep_steps]
+    out = {f"obs_{k}": np.stack([s[k] for s in steps]).astype(_OBS_DTYPES[k]) for k in OBS_KEYS}
+    out |= {
+        "actions": np.array([s["action"] for s in steps], dtype=np.int16),
+        "executed": np.array([s["executed"] for s in steps], dtype=np.int16),
+        "rewards": np.array([s["reward"] for s in steps], dtype=np.float32),
+        "costs": np.stack([s["cost"] for s in steps]).astype(np.float32),
+        "lengths": np.array([len(f[2]) for f in finished], dtype=np.int64),
+        "success": np.array([f[3]["success"] for f in finished], dtype=bool),
+        "returns": np.array([sum(s["reward"] for s in f[2]) for f in finished], dtype=np.float32),
+        "episode_costs": np.array([[f[3]["costs"][c] for c in env.cost_names] for f in finished], dtype=np.float32),
+        "episode_ids": np.array([str(f[3]["episode_id"]) for f in finished]),
+        "cost_names": np.array(list(env.cost_names)),
+    }
+    return out
+
+
+def load_demos(path: str | Path) -> Demos:
+    """Load every shard recorded by :func:`generate_demos` in ``path``."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.exists():
+        raise ConfigError(f"no demonstrations in {path} (no {MANIFEST}); run generate_demos first")
+    manifest = json.loads(manifest_path.read_text())
+    shards = [_shard_path(path, k) for k in range(manifest["num_shards"])]
+    missing = [p.name for p in shards if not p.exists()]
+    if missing:
+        raise ConfigError(
+            f"{path} is incomplete: {len(missing)} of {len(shards)} shards missing ({missing[:3]}...); "
+            "rerun generate_demos with the same settings to finish it"
+        )
+    parts: list[dict[str, np.ndarray]] = []
+    for p in shards:
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                parts.append({k: z[k] for k in z.files})
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+            raise CheckpointError(
+                f"demonstration shard {p} is corrupted ({e}); delete it and rerun generate_demos"
+            ) from e
+    cat_ = lambda key: np.concatenate([p[key] for p in parts])  # noqa: E731
+    return Demos(
+        task=manifest["task"],
+        obs={k: cat_(f"obs_{k}") for k in OBS_KEYS},
+        actions=cat_("actions").astype(np.int64),
+        executed=cat_("executed").astype(np.int64),
+        rewards=cat_("rewards"),
+        costs=cat_("costs"),
+        lengths=cat_("lengths"),
+        success=cat_("success"),
+        returns=cat_("returns"),
+        episode_costs=cat_("episode_costs"),
+        episode_ids=cat_("episode_ids"),
+        cost_names=tuple(str(c) for c in parts[0]["cost_names"]),
+    )
+
+
+def training_episodes(task: str, count: int, seed: int = 0) -> list:
+    """A fixed list of ``count`` fresh training episodes of ``task`` (reproducible from ``seed``)."""
+    from cmdp.envs.chores.episodes import EpisodeSampler
+    from cmdp.envs.chores.house import HouseParams
+
+    sampler = EpisodeSampler(task, 1, HouseParams())
+    rng = np.random.default_rng(seed)
+    return [sampler.next(0, rng) for _ in range(count)]
+
+
+# ---- behaviour cloning ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class BCConfig(Config):
+    """Behaviour-cloning settings. A *step* is one gradient step on one batch of segments."""
+
+    steps: int = option(2000, "Gradient steps to train for (counted from the start of the run).", ge=1)
+    batch_segments: int = option(16, "Trajectory segments per batch.", ge=1)
+    segment_length: int = option(
+        128, "Scored steps per segment: longer episodes are cut into pieces of this length.", ge=1
+    )
+    lr: float = option(3e-4, "Adam learning rate (after warm-up).", gt=0.0)
+    warmup_steps: int = option(100, "Steps of linear learning-rate warm-up from 0.", ge=0)
+    weight_decay: float = option(0.0, "AdamW weight decay.", ge=0.0)
+    max_grad_norm: float | None = option(1.0, "Clip the gradient norm (None: no clipping).", gt=0.0)
+    only_success: bool = option(True, "Clone successful episodes only (as SPOC trains on expert successes).")
+    seed: int = option(0, "Seed of the network initialisation and of the batch sampling.", ge=0)
+    checkpoint_every: int = option(200, "Write out_dir/bc_checkpoint.pt every this many steps.", ge=1)
+    log_every: int = option(20, "Write a progress.csv row every this many steps (mean over them).", ge=1)
+    torch_threads: int | None = option(
+        1, "torch.set_num_threads for the run (None leaves it); small nets on a shared CPU run fastest on one.", ge=1
+    )
+
+    # fields that may differ between the run that wrote a checkpoint and the one resuming it
+    RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every", "torch_threads")
+
+
+@dataclass(frozen=True)
+class _Segment:
+    start: int  # first step (global index) fed to the network
+    scored_from: int  # first scored step
+    end: int  # one past the last step
+
+
+def _segments(demos: Demos, only_success: bool, length: int, context: int) -> list[_Segment]:
+    out = []
+    for e, (off, n) in enumerate(zip(demos.offsets, demos.lengths)):
+        if only_success and not demos.success[e]:
+            continue
+        for s in range(0, int(n), length):
+            out.append(_Segment(int(off) + max(0, s - (context - 1)), int(off) + s, int(off) + min(s + length, int(n))))
+    return out
+
+
+def _segment_batch(demos: Demos, segs: Sequence[_Segment]) -> dict[str, Any]:
+    """Padded ``[B, L]`` batch in the layout the engine gives sequence policies."""
+    length = max(s.end - s.start for s in segs)
+    offs = np.arange(length)
+    starts = np.array([s.start for s in segs])
+    ends = np.array([s.end for s in segs])
+    idx = np.minimum(starts[:, None] + offs[None, :], ends[:, None] - 1)
+    valid = starts[:, None] + offs[None, :] < ends[:, None]
+    scored = valid & (starts[:, None] + offs[None, :] >= np.array([s.scored_from for s in segs])[:, None])
+    obs = {k: torch.from_numpy(demos.obs[k][idx]) for k in OBS_KEYS}
+    obs = {k: v if v.dtype == torch.uint8 else v.long() for k, v in obs.items()}
+    episode_start = np.zeros((len(segs), length), dtype=bool)
+    episode_start[:, 0] = True
+    return {
+        "obs": obs,
+        "actions": torch.from_numpy(demos.actions[idx]),
+        "episode_start": torch.from_numpy(episode_start),
+        "mask": torch.from_numpy(scored),
+        "state": None,
+    }
+
+
+def _policy_for(demos: Demos, config: VLAConfig) -> VLAPolicy:
+    from cmdp.envs.chores import catalog as cat
+    from cmdp.envs.chores import text
+    from cmdp.policies.vla import spaces_from_signature
+
+    shape = demos.obs["rgb_nav"].shape[1:]
+    signature = {
+        "image_shape": list(shape),
+        "vocab_size": text.VOCAB_SIZE,
+        "max_tokens": int(demos.obs["instruction"].shape[1]),
+        "last_actions": cat.NUM_ACTIONS + 1,
+        "num_actions": cat.NUM_ACTIONS,
+        "num_costs": len(demos.cost_names),
+    }
+    obs_space, act_space = spaces_from_signature(signature)
+    return VLAPolicy(obs_space, act_space, len(demos.cost_names), config)
+
+
+def train_bc(
+    demos: Demos | str | Path,
+    policy_config: VLAConfig | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    policy: VLAPolicy | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> tuple[VLAPolicy, list[dict[str, float]]]:
+    """Behaviour cloning of a VLA policy on expert demonstrations.
+
+    Args:
+        demos: :class:`Demos` or a directory written by :func:`generate_demos`.
+        policy_config: sizes of a new policy (default :class:`VLAConfig()`); ignored with ``policy``.
+        out_dir: run directory for ``progress.csv``, ``bc_checkpoint.pt`` and the final
+            ``vla.pt``; a rerun with the same settings continues from its checkpoint exactly
+            (``steps`` may grow). ``None``: no files, no resume.
+        policy: start from this policy (fine-tune) instead of a new one.
+        progress: show a progress line.
+        **options: :class:`BCConfig` fields (``steps``, ``batch_segments``, ``segment_length``,
+            ``lr``, ``seed``, ...).
+
+    Returns the trained policy and the log: one dict per ``log_every`` steps with ``step``,
+    ``loss`` (mean cross-entropy of the expert's actions, nats), ``accuracy`` (argmax agrees
+    with the expert) and ``lr``.
+    """
+    cfg = BCConfig.from_kwargs(**options)
+    if not isinstance(demos, Demos):
+        demos = load_demos(demos)
+    if cfg.torch_threads is not None:
+        torch.set_num_threads(cfg.torch_threads)
+    torch.manual_seed(cfg.seed)
+    if policy is None:
+        policy = _policy_for(demos, policy_config or VLAConfig())
+    context = policy.config.context
+    segments = _segments(demos, cfg.only_success, cfg.segment_length, context)
+    if not segments:
+        why = "no episode"
+        if cfg.only_success:
+            why = "no episode succeeded (pass only_success=False to clone failures too)"
+        raise ConfigError(f"no demonstration to clone: {why}")
+    params = list(policy.actor_parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    step = 0
+    history: list[dict[str, float]] = []
+    out = Path(out_dir) if out_dir is not None else None
+    fingerprint = demos.fingerprint()
+    if out is not None and (out / BC_CHECKPOINT).exists():
+        step, history = _load_bc_checkpoint(out / BC_CHECKPOINT, cfg, policy, optimizer, rng, fingerprint)
+        log.info("%s: resuming behaviour cloning at step %d of %d", out, step, cfg.steps)
+    logger = None
+    if out is not None:
+        from cmdp.runlog import RunLogger
+
+        logger = RunLogger(
+            out,
+            {"bc": cfg.to_dict(), "policy": policy.config.to_dict(), "demos": fingerprint},
+            tensorboard=False,
+            progress_bar=progress,
+            total_steps=cfg.steps,
+            resume_step=step if step > 0 else None,
+        )
+    policy.train()
+    sums = {"loss": 0.0, "accuracy": 0.0}
+    count = 0
+    try:
+        while step < cfg.steps:
+            lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            pick = rng.choice(len(segments), size=min(cfg.batch_segments, len(segments)), replace=False)
+            batch = _segment_batch(demos, [segments[i] for i in pick])
+            out_ = policy.evaluate(batch)
+            mask = batch["mask"]
+            logp = out_.dist.log_prob(batch["actions"])
+            loss = -(logp * mask).sum() / mask.sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            step += 1
+            with torch.no_grad():
+                acc = ((out_.dist.mode() == batch["actions"]) & mask).sum() / mask.sum()
+            sums["loss"] += loss.item()
+            sums["accuracy"] += float(acc)
+            count += 1
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                row = {"step": step, "loss": sums["loss"] / count, "accuracy": sums["accuracy"] / count, "lr": lr}
+                history.append(row)
+                if logger is not None:
+                    logger.log(step, {"BC/loss": row["loss"], "BC/accuracy": row["accuracy"], "BC/lr": lr})
+                sums = {"loss": 0.0, "accuracy": 0.0}
+                count = 0
+            if out is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+                _save_bc_checkpoint(out / BC_CHECKPOINT, cfg, policy, optimizer, rng, step, history, fingerprint)
+    finally:
+        if logger is not None:
+            logger.close()
+    policy.eval()
+    if out is not None:
+        policy.save_pretrained(out / PRETRAINED_NAME)
+    return policy, history
+
+
+def _save_bc_checkpoint(
+    path: Path, cfg: BCConfig, policy: VLAPolicy, optimizer, rng, step: int, history: list, fingerprint: dict
+) -> None:
+    ckpt.atomic_save(
+        {
+            "format": BC_FORMAT,
+            "version": BC_VERSION,
+            "bc": cfg.to_dict(),
+            "policy_config": policy.config.to_dict(),
+            "policy": policy.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "history": history,
+            "rng": ckpt.to_storable(rng.bit_generator.state),
+            "torch_rng": torch.get_rng_state(),
+            "demos": fingerprint,
+        },
+        path,
+    )
+
+
+def _load_bc_checkpoint(path: Path, cfg: BCConfig, policy: VLAPolicy, optimizer, rng, fingerprint):
+    data = read_weights_file(path, BC_FORMAT, BC_VERSION, "behaviour-cloning checkpoint")
+    saved, now = data["bc"], cfg.to_dict()
+    diffs = [k for k in now if k not in BCConfig.RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    if diffs:
+        raise ConfigError(
+            f"{path} was written with other settings ({', '.join(f'{k}={saved.get(k)!r}' for k in diffs)}); "
+            "use the same settings to resume, or another out_dir"
+        )
+    if data["policy_config"] != policy.config.to_dict():
+        raise ConfigError(
+            f"{path} holds a policy of another VLAConfig ({data['policy_config']}); use the same one to resume"
+        )
+    if data["demos"] != fingerprint:
+        raise ConfigError(f"{path} was trained on other demonstrations ({data['demos']}, now {fingerprint})")
+    if data["step"] > cfg.steps:
+        raise ConfigError(f"{path} is already at step {data['step']}, beyond steps={cfg.steps}")
+    load_strict(policy, data["policy"], path)
+    optimizer.load_state_dict(data["optimizer"])
+    rng.bit_generator.state = ckpt.from_storable(data["rng"])
+    torch.set_rng_state(data["torch_rng"])
+    return int(data["step"]), list(data["history"])
+
+
+# ---- evaluation -----------------------------------------------------------------------------
+
+
+def evaluate_policy(
+    policy: VLAPolicy,
+    task: str = "Fetch",
+    *,
+    split: str = "eval",
+    episodes: int | None = None,
+    episode_list: Sequence[Any] | None = None,
+    num_envs: int = 8,
+    seed: int = 0,
+    deterministic: bool = False,
+    max_episode_steps: int | None = None,
+) -> dict[str, Any]:
+    """Success rate, episode length and cumulative cost (total ``ep_cost`` and per component
+    ``ep_costs``) of ``policy`` on ``task``.
+
+    Episodes: ``episode_list`` if given, else the evaluation set of ``task`` (``split="eval"``,
+    all of it unless ``episodes`` is smaller) or fresh training episodes (``split="train"``,
+    ``episodes`` required). Actions are sampled unless ``deterministic``.
+    """
+    from cmdp.algorithms import PPO
+    from cmdp.envs.chores.episodes import specs_from
+
+    env_kwargs: dict[str, Any] = {"obs_mode": "rgb", "image_size": tuple(policy.io["image_shape"][:2])}
+    if episode_list is not None:
+        specs = specs_from(episode_list)
+        env_kwargs["episodes"] = specs
+        episodes = len(specs) if episodes is None else episodes
+    elif split == "eval":
+        from cmdp.envs.chores.eval_sets import load_eval_set
+
+        env_kwargs["split"] = "eval"
+        episodes = len(load_eval_set(task)) if episodes is None else episodes
+    elif split != "train":
+        raise ConfigError(f"split must be 'train' or 'eval', got {split!r}")
+    elif episodes is None:
+        raise ConfigError("episodes is required with split='train'")
+    if max_episode_steps is not None:
+        env_kwargs["max_episode_steps"] = max_episode_steps
+    n = max(1, min(num_envs, episodes, 16))
+    algo = PPO(
+        f"SafetyChores-{task}-v0",
+        seed=seed,
+        run_dir=False,
+        policy=policy,
+        num_envs=n,
+        steps_per_epoch=n,
+        normalize_obs=False,
+        progress_bar=False,
+        tensorboard=False,
+        env_kwargs=env_kwargs,
+        torch_threads=None,
+    )
+    try:
+        was_training = policy.training
+        policy.eval()
+        result = algo.evaluate(episodes=episodes, seed=seed, deterministic=deterministic)
+        policy.train(was_training)
+    finally:
+        algo.close()
+    return result

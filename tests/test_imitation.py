@@ -1,0 +1,115 @@
+"""Imitation pretraining: expert demonstrations (recorded, resumable) and behaviour cloning
+(lowers its loss, beats the random policy, resumes exactly)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cmdp.envs.chores import COST_NAMES
+from cmdp.envs.chores import catalog as cat
+from cmdp.envs.chores import text
+from cmdp.errors import ConfigError
+from cmdp.isa import evaluate_policy, generate_demos, load_demos, train_bc, training_episodes
+from cmdp.policies.vla import VLAConfig, VLAPolicy, spaces_from_signature
+
+TINY = VLAConfig(
+    d_model=32, num_layers=1, num_heads=2, ff_dim=64, context=8, cnn_channels=(8, 16), cnn_strides=(4, 2),
+    text_dim=16, text_heads=2, critic_hidden=16,
+)  # fmt: skip
+IO = {
+    "image_shape": [32, 32, 3], "vocab_size": text.VOCAB_SIZE, "max_tokens": text.MAX_TOKENS,
+    "last_actions": cat.NUM_ACTIONS + 1, "num_actions": cat.NUM_ACTIONS, "num_costs": 5,
+}  # fmt: skip
+DEMO_ARGS = dict(task="PickUp", episodes=4, num_envs=2, seed=0, image_size=(32, 32), shard_size=2, max_episode_steps=40)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def specs():
+    return training_episodes("PickUp", 4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory, specs):
+    out = tmp_path_factory.mktemp("demos")
+    generate_demos(out_dir=out, episode_list=specs, progress=False, **DEMO_ARGS)
+    return out
+
+
+def test_demos_hold_whole_expert_episodes(demo_dir, specs):
+    demos = load_demos(demo_dir)
+    assert demos.num_episodes == 4 and demos.num_steps == int(demos.lengths.sum())
+    assert list(demos.episode_ids) == [s.episode_id for s in specs]  # the fixed list, in order
+    assert demos.success.all()  # the expert finishes these PickUp episodes well within 40 steps
+    assert np.array_equal(demos.actions, demos.executed)
+    assert demos.obs["rgb_nav"].shape == (demos.num_steps, 32, 32, 3) and demos.obs["rgb_nav"].dtype == np.uint8
+    for off, n in zip(demos.offsets, demos.lengths):
+        assert np.array_equal(demos.obs["time_step"][off : off + n, 0], np.arange(n))
+        # the observed last action is the one executed the step before
+        assert np.array_equal(demos.obs["last_action"][off + 1 : off + n], demos.executed[off : off + n - 1])
+    step_costs = np.add.reduceat(demos.costs, demos.offsets, axis=0)
+    np.testing.assert_allclose(step_costs, demos.episode_costs)
+    assert demos.summary()["success_rate"] == 1.0
+
+
+def test_demo_generation_resumes_and_refuses_other_settings(demo_dir, specs, tmp_path):
+    first, second = demo_dir / "shard-00000.npz", demo_dir / "shard-00001.npz"
+    before = load_demos(demo_dir)
+    stamp = first.stat().st_mtime_ns
+    second.rename(tmp_path / "lost.npz")  # as if the run had been killed during the second shard
+    with pytest.raises(ConfigError, match="incomplete"):
+        load_demos(demo_dir)
+    generate_demos(out_dir=demo_dir, episode_list=specs, progress=False, **DEMO_ARGS)
+    assert first.stat().st_mtime_ns == stamp  # finished shards are not recorded again
+    after = load_demos(demo_dir)
+    for key in before.obs:
+        assert np.array_equal(before.obs[key], after.obs[key])
+    assert np.array_equal(before.actions, after.actions)
+    with pytest.raises(ConfigError, match="other settings"):
+        generate_demos(out_dir=demo_dir, episode_list=specs, progress=False, **(DEMO_ARGS | {"seed": 1}))
+
+
+def test_action_noise_changes_what_runs_not_the_labels(tmp_path, specs):
+    generate_demos(out_dir=tmp_path, episode_list=specs[:2], action_noise=0.5, progress=False,
+                   **(DEMO_ARGS | {"episodes": 2}))  # fmt: skip
+    demos = load_demos(tmp_path)
+    assert (demos.actions != demos.executed).any()
+    for off, n in zip(demos.offsets, demos.lengths):
+        assert np.array_equal(demos.obs["last_action"][off + 1 : off + n], demos.executed[off : off + n - 1])
+
+
+def test_behaviour_cloning_lowers_its_loss_and_beats_the_random_policy(demo_dir, specs, tmp_path):
+    torch.manual_seed(0)
+    random_policy = VLAPolicy(*spaces_from_signature(IO), 5, TINY)
+    policy, history = train_bc(demo_dir, TINY, tmp_path / "bc", steps=120, batch_segments=4, lr=3e-3, warmup_steps=10,
+                               log_every=20, progress=False)  # fmt: skip
+    assert history[-1]["loss"] < 0.3 * history[0]["loss"]
+    assert history[-1]["accuracy"] > 0.9
+    assert (tmp_path / "bc" / "vla.pt").exists() and (tmp_path / "bc" / "progress.csv").exists()
+    common = dict(episode_list=specs, num_envs=4, max_episode_steps=40)
+    cloned = evaluate_policy(policy, "PickUp", deterministic=True, **common)
+    random = evaluate_policy(random_policy, "PickUp", episodes=8, **common)
+    assert cloned["success_rate"] >= 0.75
+    assert cloned["success_rate"] > random["success_rate"]
+    assert set(cloned["ep_costs"]) == set(COST_NAMES)
+
+
+def test_behaviour_cloning_resumes_exactly(demo_dir, tmp_path):
+    args = dict(batch_segments=2, lr=1e-3, warmup_steps=2, log_every=1, checkpoint_every=2, progress=False)
+    straight, log_straight = train_bc(demo_dir, TINY, tmp_path / "a", steps=5, **args)
+    train_bc(demo_dir, TINY, tmp_path / "b", steps=3, **args)  # stops at step 3 (as if interrupted)
+    resumed, log_resumed = train_bc(demo_dir, TINY, tmp_path / "b", steps=5, **args)
+    for (k, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert log_straight == log_resumed
+    with pytest.raises(ConfigError, match="other settings"):
+        train_bc(demo_dir, TINY, tmp_path / "b", steps=6, **(args | {"lr": 2e-3}))
