@@ -7,6 +7,7 @@ pipeline aligns.
 from cmdp.isa.imitation import (
     BCConfig,
     Demos,
+    demo_statistics,
     evaluate_policy,
     generate_demos,
     load_demos,
@@ -14,4 +15,4 @@ from cmdp.isa.imitation import (
     training_episodes,
 )
 
-__all__ = ["BCConfig", "Demos", "evaluate_policy", "generate_demos", "load_demos", "train_bc", "training_episodes"]
+__all__ = ["BCConfig", "Demos", "demo_statistics", "evaluate_policy", "generate_demos", "load_demos", "train_bc", "training_episodes"]

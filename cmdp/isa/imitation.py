@@ -379,9 +379,11 @@ def _record_shard(
     return out
 
 
-def load_demos(path: str | Path) -> Demos:
-    """Load every shard recorded by :func:`generate_demos` in ``path``."""
-    path = Path(path)
+_STEP_KEYS = tuple(f"obs_{k}" for k in OBS_KEYS) + ("actions", "executed", "rewards", "costs")
+_EPISODE_KEYS = ("lengths", "success", "returns", "episode_costs", "episode_ids")
+
+
+def _shard_files(path: Path) -> tuple[dict[str, Any], list[Path]]:
     manifest_path = path / MANIFEST
     if not manifest_path.exists():
         raise ConfigError(f"no demonstrations in {path} (no {MANIFEST}); run generate_demos first")
@@ -393,15 +395,36 @@ def load_demos(path: str | Path) -> Demos:
             f"{path} is incomplete: {len(missing)} of {len(shards)} shards missing ({missing[:3]}...); "
             "rerun generate_demos with the same settings to finish it"
         )
-    parts: list[dict[str, np.ndarray]] = []
-    for p in shards:
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                parts.append({k: z[k] for k in z.files})
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-            raise CheckpointError(
-                f"demonstration shard {p} is corrupted ({e}); delete it and rerun generate_demos"
-            ) from e
+    return manifest, shards
+
+
+def _read_shard(path: Path, keys: Sequence[str], only_success: bool) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of one shard (npz members are read lazily, so episode-level keys
+    alone cost no image decoding); with ``only_success`` the failed episodes' rows are dropped."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            wanted = set(keys) | {"lengths", "success", "cost_names"}
+            arrays = {k: z[k] for k in wanted}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+        raise CheckpointError(
+            f"demonstration shard {path} is corrupted ({e}); delete it and rerun generate_demos"
+        ) from e
+    if only_success:
+        keep = arrays["success"]
+        step_keep = np.repeat(keep, arrays["lengths"])
+        arrays = {
+            k: v[keep] if k in _EPISODE_KEYS else v[step_keep] if k in _STEP_KEYS else v for k, v in arrays.items()
+        }
+    return arrays
+
+
+def load_demos(path: str | Path, only_success: bool = False) -> Demos:
+    """Load every shard recorded by :func:`generate_demos` in ``path``; ``only_success`` keeps
+    the successful episodes only (what :func:`train_bc` clones by default), which saves the
+    memory of the failed ones (often the longest)."""
+    path = Path(path)
+    manifest, shards = _shard_files(path)
+    parts = [_read_shard(p, _STEP_KEYS + _EPISODE_KEYS, only_success) for p in shards]
     cat_ = lambda key: np.concatenate([p[key] for p in parts])  # noqa: E731
     return Demos(
         task=manifest["task"],
@@ -417,6 +440,26 @@ def load_demos(path: str | Path) -> Demos:
         episode_ids=cat_("episode_ids"),
         cost_names=tuple(str(c) for c in parts[0]["cost_names"]),
     )
+
+
+def demo_statistics(path: str | Path) -> dict[str, Any]:
+    """The expert's record in the demonstrations at ``path`` (all episodes, failed ones too):
+    episodes, steps, success rate, episode length, cumulative cost per component. Reads no
+    images."""
+    manifest, shards = _shard_files(Path(path))
+    parts = [_read_shard(p, _EPISODE_KEYS, only_success=False) for p in shards]
+    lengths = np.concatenate([p["lengths"] for p in parts])
+    costs = np.concatenate([p["episode_costs"] for p in parts])
+    names = [str(c) for c in parts[0]["cost_names"]]
+    return {
+        "task": manifest["task"],
+        "episodes": int(len(lengths)),
+        "steps": int(lengths.sum()),
+        "success_rate": float(np.concatenate([p["success"] for p in parts]).mean()),
+        "ep_length": float(lengths.mean()),
+        "ep_cost": float(costs.mean(axis=0).sum()),
+        "ep_costs": dict(zip(names, costs.mean(axis=0).astype(float).tolist())),
+    }
 
 
 def training_episodes(task: str, count: int, seed: int = 0) -> list:
@@ -542,7 +585,7 @@ def train_bc(
     """
     cfg = BCConfig.from_kwargs(**options)
     if not isinstance(demos, Demos):
-        demos = load_demos(demos)
+        demos = load_demos(demos, only_success=cfg.only_success)
     if cfg.torch_threads is not None:
         torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
