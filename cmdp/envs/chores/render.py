@@ -703,17 +703,16 @@ def _nearest_layers(groups: list[_Prisms], cast, cam_z: np.ndarray, starts: np.n
 
 def _sort_under(key: np.ndarray, enter: np.ndarray, support: np.ndarray, under: np.ndarray, boxes_cast) -> None:
     """Keys of raised prisms whose base is above the camera: the furniture they rest on hides
-    them behind its front, so they sort just behind where the ray leaves that furniture (in
-    the order the ray enters them)."""
-    some = np.flatnonzero(under.any(axis=0))  # the few prisms concerned
-    sub_key, sub_enter = key[..., some], enter[..., some]
-    index = np.broadcast_to(np.maximum(support[:, some], 0).astype(np.intp)[:, None, :], sub_key.shape)
-    below_enter = np.take_along_axis(boxes_cast[0], index, 2)
-    below_leave = np.take_along_axis(boxes_cast[1], index, 2)
-    with np.errstate(invalid="ignore"):  # inf - inf where the ray misses the furniture
-        depth = np.clip((sub_enter - below_enter) / np.maximum(below_leave - below_enter, 1e-6), 0.0, 1.0)
-    np.copyto(sub_key, below_leave + np.float32(1e-3) * (1 + depth), where=under[:, None, some] & (below_enter < np.inf))
-    key[..., some] = sub_key
+    them behind its front, so they sort just behind where the ray leaves that furniture (and
+    among themselves in the order the ray enters them)."""
+    env, prism = np.nonzero(under)  # few pairs: work on those columns of ``key`` only
+    below = support[env, prism].astype(np.intp)[:, None]
+    ray = np.arange(key.shape[1])[None, :]
+    env_, prism_ = env[:, None], prism[:, None]
+    below_enter = boxes_cast[0][env_, ray, below]
+    below_leave = boxes_cast[1][env_, ray, below]
+    sorted_under = below_leave + np.float32(1e-3) * (1 + enter[env_, ray, prism_] / np.float32(20.0))
+    key[env_, ray, prism_] = np.where(below_enter < np.inf, sorted_under, key[env_, ray, prism_])
 
 
 _RGB32 = np.dtype("<u4")  # a colour as bytes r, g, b, 0 in memory order
