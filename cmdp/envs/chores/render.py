@@ -157,10 +157,6 @@ class RenderStyle:
             checked[name] = _rgb("RenderStyle", f"category_colors[{name!r}]", color)
         set_(self, "category_colors", tuple(sorted(checked.items())))
 
-    @property
-    def is_identity(self) -> bool:
-        return self == RenderStyle()
-
     def replace(self, **changes: Any) -> "RenderStyle":
         return dataclasses.replace(self, **changes)
 
