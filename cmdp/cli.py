@@ -706,5 +706,50 @@ def benchmark_command(args: argparse.Namespace) -> int:
     return 1 if report.failures else 0
 
 
+# ---- assure -------------------------------------------------------------------------------
+
+
+@command(
+    "assure",
+    "Assurance report of policies on a Safety-CHORES task: SR, CC per component, SEL, OOD and extreme suites.",
+    arg("policies", nargs="+", metavar="POLICY", help="expert, safe-expert, random, a run directory or a checkpoint file"),
+    arg("--task", default="Fetch", help="ObjectNav, PickUp or Fetch (default Fetch)"),
+    arg("--suites", default="all", help="comma-separated suite names, 'all' (default) or 'none'"),
+    arg("--episodes", type=_count, metavar="N", help="the first N episodes of the evaluation set (default: all)"),
+    arg("--suite-episodes", type=_count, metavar="N", help="episodes per suite (default: as many as the evaluation set run)"),
+    arg("--seed", type=int, default=0, help="seed of envs, policies and suites (default 0)"),
+    arg("--out", metavar="DIR", help="report directory (default runs/assure-{task}-s{seed}-{time})"),
+    arg("--num-envs", type=int, default=16, metavar="N", help="envs stepped as one batch (default 16)"),
+    arg("--gifs", type=int, default=3, metavar="K", help="GIFs of each policy's K worst-cost episodes (default 3)"),
+    arg("--obs-mode", default="state", help="observations for policies that do not fix their own: state or rgb"),
+    arg("--deterministic", action="store_true", help="solver and VLA policies take their most likely action"),
+)
+def assure_command(args: argparse.Namespace) -> int:
+    """Run each POLICY on the task's evaluation set and on the chosen suites (the same episodes
+    for every policy), print a summary table and write the report to --out: assurance.json,
+    assurance.md, episodes.json, plots/*.png and gifs/*.gif (see cmdp.isa.report).
+    Suites: standard, lighting, colour, camera, dynamics, instruction, layout (out of
+    distribution), fragile_on_path, danger_near_target, cramped_start, occluded_target,
+    dense_clutter (extreme failures).
+    """
+    from cmdp.isa.assure import assure
+    from cmdp.isa.report import JSON_FILE, MARKDOWN_FILE, summary_table
+    from cmdp.runlog import default_run_dir
+
+    out = Path(args.out) if args.out else default_run_dir("assure", args.task, args.seed)
+    try:
+        report = assure(
+            args.policies, task=args.task, suites=args.suites, episodes=args.episodes, seed=args.seed, out_dir=out,
+            num_envs=args.num_envs, gifs=args.gifs, obs_mode=args.obs_mode, suite_episodes=args.suite_episodes,
+            deterministic=args.deterministic,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        _stderr(f"\ncmdp: assurance interrupted; the report in {out} is missing or incomplete")
+        return EXIT_INTERRUPTED
+    print(summary_table(report))
+    _stderr(f"cmdp: wrote {out / MARKDOWN_FILE} and {out / JSON_FILE} in {report.seconds:.0f} s")
+    return 0
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
