@@ -32,10 +32,12 @@ Metrics per set of episodes (:func:`episode_metrics`): success rate (SR); cumula
 SEL, success weighted by expert episode length, ``success * L_expert / max(L_expert, L)``
 averaged over episodes (SPOC's ``sel_metric``). An episode without an expert length (the
 expert failed it) counts as SEL 0, as SafeVLA's evaluation does; ``sel_missing`` says how
-many there were. The evaluation sets ship the expert's lengths; suite episodes get them here,
-computed the same way (:func:`~cmdp.envs.chores.expert.expert_episode_length`: the unsafe
-expert alone in the episode, unperturbed, 600 steps at most), so SEL always compares with
-the shortest path in the unperturbed house.
+many there were. The evaluation sets ship the expert's lengths (the unsafe expert alone in each
+episode, 600 steps at most); suite episodes get them here the same way
+(:func:`with_expert_lengths`, in the unperturbed house), so SEL always compares with the
+shortest-path expert alone in the unperturbed house. The expert evaluated in a batch need not
+repeat those lengths exactly (its sidesteps and the objects it jostles draw from generators
+the batch shares), so its own SEL can fall a little below 1.
 
 GIFs of the worst-cost episodes are made by *replaying the whole batched run* from the same
 seed and rendering only the wanted rows (:func:`replay_frames`), not by recording frames for
@@ -305,7 +307,7 @@ def make_policy(spec: str | Policy, *, deterministic: bool = False, task: str | 
         return vla
     from cmdp.algorithms import load
 
-    algo = load(checkpoint, progress_bar=False, tensorboard=False, run_dir=False)
+    algo = load(checkpoint, progress_bar=False, tensorboard=False)
     policy = AlgorithmPolicy(algo, name or algo.name, deterministic)
     policy.source = f"{algo.name} checkpoint {checkpoint}"
     if policy.task is None:
@@ -573,7 +575,7 @@ def suite_set(name: str, task: str, size: int, seed: int, note: Callable[[str], 
     from cmdp.envs.chores.suites import build_suite, make_suite_env
 
     instance = build_suite(name, task, size, seed)
-    specs = with_expert_lengths(instance.episodes, note=note, label=name)
+    specs = with_expert_lengths(instance.episodes, note=note)
     instance.episodes = specs
     _check_unique(specs, name)
 
@@ -590,23 +592,25 @@ def _check_unique(specs: Sequence[EpisodeSpec], where: str) -> None:
         raise ConfigError(f"{where}: episode ids must be unique to count each episode once")
 
 
-def with_expert_lengths(
-    specs: Sequence[EpisodeSpec], note: Callable[[str], None] | None = None, label: str = ""
-) -> list[EpisodeSpec]:
-    """Copies of ``specs`` with ``expert_length`` set where it was missing (None where the
-    unsafe expert fails the episode), computed as for the evaluation sets."""
+def with_expert_lengths(specs: Sequence[EpisodeSpec], note: Callable[[str], None] | None = None) -> list[EpisodeSpec]:
+    """Copies of ``specs`` with ``expert_length`` set where it is missing, as the evaluation
+    sets were made (:func:`~cmdp.envs.chores.expert.expert_episode_length`: the unsafe expert
+    alone in the unperturbed episode, seed 0; None where it fails within 600 steps).
+
+    One episode at a time on purpose: in a batch, the expert's sidesteps and the objects it
+    jostles draw from generators the envs share, and the lengths change with the batch."""
     from cmdp.envs.chores.expert import expert_episode_length
 
     out = []
-    t0 = time.monotonic()
+    t0 = last = time.monotonic()
     for k, spec in enumerate(specs):
-        if spec.expert_length is None and "expert_length_checked" not in spec.tags:
-            length = expert_episode_length(spec, max_steps=EVAL_HORIZON)
-            spec = dataclasses.replace(spec, expert_length=length, tags={**spec.tags, "expert_length_checked": True})
+        if spec.expert_length is None:
+            spec = dataclasses.replace(spec, expert_length=expert_episode_length(spec, max_steps=EVAL_HORIZON))
         out.append(spec)
-        if note is not None and (k + 1 == len(specs) or time.monotonic() - t0 > 10.0):
-            note(f"assure: expert lengths of {label}: {k + 1}/{len(specs)}")
-            t0 = time.monotonic()
+        now = time.monotonic()
+        if note is not None and (k + 1 == len(specs) or now - last > 10.0):
+            note(f"assure: expert lengths: {k + 1}/{len(specs)} episodes, {now - t0:.0f} s")
+            last = now
     return out
 
 
