@@ -250,3 +250,23 @@ def test_mismatched_and_corrupted_checkpoints_raise_clear_errors(tmp_path):
         VLAPolicy.from_pretrained(tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="no pretrained VLA"):
         VLAPolicy.from_pretrained(tmp_path / "missing.pt")
+
+
+def test_training_with_the_vla_resumes_exactly(tmp_path):
+    from cmdp.algorithms import PPOLag
+
+    common = dict(
+        seed=0, num_envs=2, steps_per_epoch=24, minibatch_size=12, update_epochs=2, env_kwargs=ENV_KWARGS,
+        cost_limit=1.0, progress_bar=False, tensorboard=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    straight = PPOLag("SafetyChores-Fetch-v0", policy=tiny_policy(), run_dir=tmp_path / "a", **common).learn(72)
+    torch.manual_seed(0)
+    PPOLag("SafetyChores-Fetch-v0", policy=tiny_policy(), run_dir=tmp_path / "b", **common).learn(48)
+    resumed = PPOLag.load(tmp_path / "b" / "checkpoint.pt", policy=tiny_policy()).learn(72)
+    # the KV cache at the interruption is part of the saved rollout state
+    for (k, a), (_, b) in zip(straight.policy.state_dict().items(), resumed.policy.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert straight.solver_state() == resumed.solver_state()
+    with pytest.raises(CheckpointError, match="do not fit"):
+        PPOLag.load(tmp_path / "b" / "checkpoint.pt", policy=tiny_policy(d_model=16))

@@ -865,9 +865,13 @@ class OnPolicyAlgorithm:
         return ckpt.atomic_save(data, path)
 
     @classmethod
-    def load(cls, path: str | Path, env: Any = None, **overrides: Any) -> "OnPolicyAlgorithm":
+    def load(
+        cls, path: str | Path, env: Any = None, policy: ActorCritic | None = None, **overrides: Any
+    ) -> "OnPolicyAlgorithm":
         """Rebuild a solver from a checkpoint. ``env`` replaces the saved env id (it must have the
-        same spaces and cost channels); ``overrides`` change config values (e.g. progress_bar)."""
+        same spaces and cost channels); ``policy`` is an untrained instance of the network the run
+        was given with ``policy=`` (the config only rebuilds built-in networks), its weights are
+        replaced by the saved ones; ``overrides`` change config values (e.g. progress_bar)."""
         data = ckpt.load(path)
         run = data["run"]
         algo_cls = cls
@@ -885,7 +889,9 @@ class OnPolicyAlgorithm:
         config = dict(run["config"]) | overrides
         config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
         run_dir = data.get("run_dir")
-        algo = algo_cls(source, cost_limit=run["cost_limit"], seed=run["seed"], run_dir=run_dir or False, **config)
+        algo = algo_cls(
+            source, cost_limit=run["cost_limit"], seed=run["seed"], run_dir=run_dir or False, policy=policy, **config
+        )
         _check_signature(path, data["spaces"], _space_signature(algo.env))
         try:
             algo.policy.load_state_dict(data["policy"])
