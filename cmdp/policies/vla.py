@@ -438,8 +438,8 @@ class VLAPolicy(ActorCritic):
         self, obs: Mapping[str, Tensor], state: Mapping[str, Tensor], episode_start: Tensor, critic_only: bool = False
     ):
         """Encode ``[B, L]`` steps and run the transformer(s) over them after the cached context.
-        Returns (actor output or None, critic features, new keys/values per network, allowed,
-        key episodes)."""
+        Returns the actor's output (None when only the critic network ran), the critic's
+        features, the new keys/values per network and each key's episode index."""
         self._check_obs(obs)
         b, length = episode_start.shape
         flat = {k: obs[k].reshape(b * length, *obs[k].shape[2:]) for k in OBS_KEYS}
@@ -454,7 +454,7 @@ class VLAPolicy(ActorCritic):
             critic_feat, new_kv["kv_critic"] = self.critic_trunk(tokens_c, state["kv_critic"], allowed)
         else:
             critic_feat = actor_out.detach()
-        return actor_out, critic_feat, new_kv, allowed, key_episode
+        return actor_out, critic_feat, new_kv, key_episode
 
     def _values(self, critic_feat: Tensor) -> tuple[Tensor, Tensor]:
         v = self.value_head(critic_feat)
@@ -480,7 +480,7 @@ class VLAPolicy(ActorCritic):
         state = self._as_state(state, n)
         start = torch.zeros(n, dtype=torch.bool) if episode_start is None else episode_start.bool().reshape(n)
         seq_obs = {k: obs[k][:, None] for k in OBS_KEYS}
-        actor_out, critic_feat, new_kv, _, key_episode = self._run(seq_obs, state, start[:, None])
+        actor_out, critic_feat, new_kv, key_episode = self._run(seq_obs, state, start[:, None])
         value, cost_value = self._values(critic_feat[:, 0])
         return PolicyOutput(
             self.action_head(actor_out[:, 0]), value, cost_value, self._next_state(state, new_kv, key_episode)
@@ -489,7 +489,7 @@ class VLAPolicy(ActorCritic):
     def values(self, obs: Any, state: Any = None) -> tuple[Tensor, Tensor]:
         n = obs["rgb_nav"].shape[0]
         seq_obs = {k: obs[k][:, None] for k in OBS_KEYS}
-        _, critic_feat, _, _, _ = self._run(
+        _, critic_feat, _, _ = self._run(
             seq_obs, self._as_state(state, n), torch.zeros(n, 1, dtype=torch.bool), critic_only=True
         )
         return self._values(critic_feat[:, 0])
@@ -499,7 +499,7 @@ class VLAPolicy(ActorCritic):
         starts = batch["episode_start"].bool()
         state = batch.get("state")
         state = self._as_state(state, starts.shape[0])
-        actor_out, critic_feat, _, _, _ = self._run(batch["obs"], state, starts)
+        actor_out, critic_feat, _, _ = self._run(batch["obs"], state, starts)
         value, cost_value = self._values(critic_feat)
         return PolicyOutput(self.action_head(actor_out), value, cost_value, None)
 
