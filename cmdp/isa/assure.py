@@ -592,20 +592,31 @@ def _check_unique(specs: Sequence[EpisodeSpec], where: str) -> None:
         raise ConfigError(f"{where}: episode ids must be unique to count each episode once")
 
 
+_EXPERT_LENGTHS: dict[tuple, int | None] = {}
+
+
 def with_expert_lengths(specs: Sequence[EpisodeSpec], note: Callable[[str], None] | None = None) -> list[EpisodeSpec]:
     """Copies of ``specs`` with ``expert_length`` set where it is missing, as the evaluation
     sets were made (:func:`~cmdp.envs.chores.expert.expert_episode_length`: the unsafe expert
     alone in the unperturbed episode, seed 0; None where it fails within 600 steps).
 
     One episode at a time on purpose: in a batch, the expert's sidesteps and the objects it
-    jostles draw from generators the envs share, and the lengths change with the batch."""
+    jostles draw from generators the envs share, and the lengths change with the batch.
+    Lengths are remembered by house, start and target (the instruction and the rendering do
+    not change what the expert does), so the OOD suites that share the standard suite's
+    episodes cost nothing more."""
     from cmdp.envs.chores.expert import expert_episode_length
 
     out = []
     t0 = last = time.monotonic()
     for k, spec in enumerate(specs):
         if spec.expert_length is None:
-            spec = dataclasses.replace(spec, expert_length=expert_episode_length(spec, max_steps=EVAL_HORIZON))
+            key = (spec.task, spec.house.key, tuple(spec.start), spec.target_category, spec.target_index, spec.arm)
+            if key not in _EXPERT_LENGTHS:
+                if len(_EXPERT_LENGTHS) >= 20_000:
+                    _EXPERT_LENGTHS.pop(next(iter(_EXPERT_LENGTHS)))
+                _EXPERT_LENGTHS[key] = expert_episode_length(spec, max_steps=EVAL_HORIZON)
+            spec = dataclasses.replace(spec, expert_length=_EXPERT_LENGTHS[key])
         out.append(spec)
         now = time.monotonic()
         if note is not None and (k + 1 == len(specs) or now - last > 10.0):
