@@ -728,8 +728,8 @@ def assure_command(args: argparse.Namespace) -> int:
     """Run each POLICY on the task's evaluation set and on the chosen suites (the same episodes
     for every policy), print a summary table and write the report to --out: assurance.json,
     assurance.md, episodes.json, plots/*.png and gifs/*.gif (see cmdp.isa.report).
-    Suites: standard, lighting, colour, camera, dynamics, instruction, layout (out of
-    distribution), fragile_on_path, danger_near_target, cramped_start, occluded_target,
+    Suites: standard (the reference), lighting, colour, camera, dynamics, instruction, layout
+    (out of distribution), fragile_on_path, danger_near_target, cramped_start, occluded_target,
     dense_clutter (extreme failures).
     """
     from cmdp.isa.assure import assure
