@@ -28,6 +28,7 @@ A = cat.ACTION_INDEX
 LOOKAHEAD = 0.5  # m along the path
 ALIGN_LARGE = math.radians(40.0)
 ALIGN_SMALL = math.radians(12.0)
+HURRIED_ALIGN = math.radians(22.0)  # the shortest-path expert drives on with this much heading error
 GRASP_ALIGN = math.radians(4.0)
 SAFE_CLEARANCE = 0.15  # m beyond the base
 APPROACH_DISTANCE = 0.5  # m: the shortest-path expert drives closer than this before reaching
@@ -62,6 +63,24 @@ def _safe_field(spec: EpisodeSpec) -> np.ndarray:
     return field_
 
 
+_TIGHT_FIELDS: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+TIGHT_CLEARANCE = -0.035  # the shortest path hugs walls and furniture to within 1.5 cm
+
+
+def _tight_field(spec: EpisodeSpec) -> np.ndarray:
+    """Distance field for the shortest-path expert: the truly shortest path, hugging corners."""
+    key = (spec.house.key, spec.task, spec.target_category, spec.target_index)
+    field_ = _TIGHT_FIELDS.get(key)
+    if field_ is None:
+        grid = HouseGrid(spec.house, clearance=TIGHT_CLEARANCE)
+        goals = goal_cells(spec, grid)
+        field_ = grid.distance_field(goals).astype(np.float32)
+        _TIGHT_FIELDS[key] = field_
+        if len(_TIGHT_FIELDS) > 1024:
+            _TIGHT_FIELDS.popitem(last=False)
+    return field_
+
+
 class ShortestPathExpert:
     """Expert actions for every env of a :class:`~cmdp.envs.chores.env.ChoresEnv`.
 
@@ -77,6 +96,8 @@ class ShortestPathExpert:
         self._spec_ids = [None] * n
         self._plan: list[list[int]] = [[] for _ in range(n)]  # queued recovery actions
         self._approached = np.zeros(n, dtype=bool)
+        self._grasp_collisions = np.zeros(n, dtype=np.int64)
+        self._override: list[np.ndarray | None] = [None] * n  # a field that avoids failed grasp spots
 
     def act(self) -> np.ndarray:
         env = self.env
@@ -89,6 +110,8 @@ class ShortestPathExpert:
                 self._stuck[r] = 0
                 self._plan[r] = []
                 self._approached[r] = False
+                self._grasp_collisions[r] = 0
+                self._override[r] = None
             if env._last_collided[r]:
                 self._stuck[r] += 1
             elif env._last_action[r] in (A["m"], A["b"], A["zp"], A["zps"], A["p"]):
@@ -99,7 +122,20 @@ class ShortestPathExpert:
     # ---- one env ----------------------------------------------------------------------------
 
     def _field(self, r: int, spec: EpisodeSpec) -> np.ndarray:
-        return _safe_field(spec) if self.safe else goal_distance(spec)
+        if self._override[r] is not None:
+            return self._override[r]
+        return _safe_field(spec) if self.safe else _tight_field(spec)
+
+    def _avoid_here(self, r: int, spec: EpisodeSpec, s) -> None:
+        """The arm keeps hitting something from this spot (an object jammed in the way): plan
+        to another spot within reach of the target, at least 0.4 m from this one."""
+        field_ = self._field(r, spec)
+        grid = HouseGrid(spec.house, clearance=SAFE_CLEARANCE if self.safe else TIGHT_CLEARANCE)
+        goals = np.isfinite(field_) & (field_ <= 0.0)
+        xy = s.robot_xy[r]
+        near = (grid.xs[None, :] - xy[0]) ** 2 + (grid.ys[:, None] - xy[1]) ** 2 < 0.4**2
+        if (goals & ~near).any():
+            self._override[r] = grid.distance_field(goals & ~near).astype(np.float32)
 
     def _act_one(self, r: int, spec: EpisodeSpec, s) -> int:
         field_ = self._field(r, spec)
@@ -146,7 +182,7 @@ class ShortestPathExpert:
         err = wrap_angle(want - yaw)
         if abs(err) > ALIGN_LARGE:
             return _turn(err)
-        if abs(err) > ALIGN_SMALL:
+        if abs(err) > (ALIGN_SMALL if self.safe else HURRIED_ALIGN):
             return A["ls"] if err > 0 else A["rs"]
         return A["m"]
 
@@ -157,20 +193,27 @@ class ShortestPathExpert:
         err = wrap_angle(want - yaw)
         dist = math.hypot(obj[0] - xy[0], obj[1] - xy[1])
         desired_ext = float(np.clip(dist - cat.ROBOT_RADIUS, *cat.ARM_EXTENSION_RANGE))
+        if self.env._last_collided[r]:
+            self._grasp_collisions[r] += 1
+            if self._grasp_collisions[r] % 4 == 0:
+                self._avoid_here(r, self.env.specs[r], s)
+                self._plan[r] = [A["b"]]
+                return A["zm"] if s.arm_ext[r] > 0.02 else A["b"]
         if self.env._last_collided[r] and s.arm_ext[r] > 0.02:
             return A["zm"] if s.arm_ext[r] > 0.06 else A["zms"]  # the arm hit something: pull it in first
         if self._stuck[r] >= 3:
             self._stuck[r] = 0
             return A["b"]  # cannot get the arm there from here: back off and approach again
+        if not self.safe and self.env.task == "PickUp" and not self._approached[r]:
+            self._approached[r] = True
+            if dist > APPROACH_DISTANCE and abs(err) < ALIGN_LARGE:
+                return A["m"]  # close in once for a short reach, as a hurried operator would
         if abs(err) > GRASP_ALIGN:
             # the safe expert squares up with the arm in, so turning does not sweep the counter;
             # the shortest-path expert turns with the arm wherever it is
             if self.safe and s.arm_ext[r] > 0.05 and abs(err) > math.radians(15):
                 return A["zm"]
             return _turn(err) if abs(err) > ALIGN_LARGE else (A["ls"] if err > 0 else A["rs"])
-        if not self.safe and self.env.task == "PickUp" and dist > APPROACH_DISTANCE and not self._approached[r]:
-            self._approached[r] = True
-            return A["m"]  # close in once for a short reach, as a hurried operator would
         top = obj[2] + s.obj_height[r, target]
         desired_lift = float(np.clip(max(top + 0.05, obj[2] + 0.5 * s.obj_height[r, target]), *cat.ARM_LIFT_RANGE))
         dl = desired_lift - s.arm_lift[r]

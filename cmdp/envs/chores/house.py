@@ -49,6 +49,8 @@ from cmdp.errors import ConfigError
 
 GRID_RES = 0.1  # m per cell of HouseGrid
 CORNER_RADIUS = 1.0  # m, the neighbourhood of the corner test
+PLAN_CLEARANCE = 0.05  # m kept between the base and walls or furniture on planned paths: a
+# narrower gap is physically passable but not with 30-degree turns and 0.2 m moves
 
 
 # ---- parameters ------------------------------------------------------------------------------
@@ -422,7 +424,7 @@ def _floor_connected(boxes, room, doors) -> bool:
     nx, ny = int(round((x1 - x0) / res)), int(round((y1 - y0) / res))
     xs = x0 + (np.arange(nx) + 0.5) * res
     ys = y0 + (np.arange(ny) + 0.5) * res
-    free = _free_mask(np.asarray(boxes), xs, ys, cat.ROBOT_RADIUS + 0.02)
+    free = _free_mask(np.asarray(boxes), xs, ys, cat.ROBOT_RADIUS + PLAN_CLEARANCE)
     labels, count = ndimage.label(free)
     if count == 0:
         return False
@@ -582,7 +584,8 @@ class HouseGrid:
     """Planning and cost maps of a house on a ``GRID_RES`` grid (cell ``[iy, ix]`` has its centre
     at ``((ix + 0.5) * res, (iy + 0.5) * res)``).
 
-    ``free``: the robot's centre may be there (its base disc touches no wall or furniture).
+    ``free``: the robot's centre may be there with ``PLAN_CLEARANCE`` to spare (its base disc
+    comes no closer than that to a wall or furniture).
     ``free_fraction``: fraction of the cells within ``CORNER_RADIUS`` that are free: the
     cramped-spot measure of the *corner* cost (the same definition AI2-THOR's backend applies
     to its reachable positions).
@@ -595,7 +598,7 @@ class HouseGrid:
         self.ny = int(math.ceil(house.depth / self.res))
         self.xs = (np.arange(self.nx) + 0.5) * self.res
         self.ys = (np.arange(self.ny) + 0.5) * self.res
-        self.free = _free_mask(house.boxes, self.xs, self.ys, cat.ROBOT_RADIUS + 0.01 + clearance)
+        self.free = _free_mask(house.boxes, self.xs, self.ys, cat.ROBOT_RADIUS + PLAN_CLEARANCE + clearance)
         r = int(round(CORNER_RADIUS / self.res))
         yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
         disc = (xx**2 + yy**2) <= r * r

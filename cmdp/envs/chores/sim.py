@@ -277,10 +277,32 @@ class ChoresSim:
             d2 = dx * dx + dy * dy
             tall = boxes[..., 4] > oz[r_idx, o_idx][:, None] + 0.01
             own = np.arange(boxes.shape[1])[None, :] == support[r_idx, o_idx][:, None]
-            hits = (d2 < orad[r_idx, o_idx][:, None] ** 2) & tall & ~own
-            jammed = hits.any(axis=1)
-            if jammed.any():
-                jam[np.unique(r_idx[jammed])] = True
+            rad = orad[r_idx, o_idx]
+            hits = (d2 < rad[:, None] ** 2) & tall & ~own
+            stuck = hits.any(axis=1)
+            if stuck.any():
+                # slide along the wall: move the object out of the box it would enter, across the
+                # nearest face; it jams only if it then still overlaps a box or the robot
+                j = np.flatnonzero(stuck)
+                bi = np.where(hits[j], rad[j, None] ** 2 - d2[j], -np.inf).argmax(axis=1)
+                bb = boxes[j, bi]
+                q = p[j].copy()
+                rj = rad[j]
+                exits = np.stack([bb[:, 0] - rj - q[:, 0], bb[:, 2] + rj - q[:, 0], bb[:, 1] - rj - q[:, 1], bb[:, 3] + rj - q[:, 1]], axis=1)
+                face = np.abs(exits).argmin(axis=1)
+                shift = exits[np.arange(len(j)), face] + np.where(face % 2 == 0, -0.005, 0.005)
+                q[:, 0] += np.where(face < 2, shift, 0.0)
+                q[:, 1] += np.where(face >= 2, shift, 0.0)
+                dx = np.maximum(np.maximum(boxes[j, :, 0] - q[:, None, 0], q[:, None, 0] - boxes[j, :, 2]), 0.0)
+                dy = np.maximum(np.maximum(boxes[j, :, 1] - q[:, None, 1], q[:, None, 1] - boxes[j, :, 3]), 0.0)
+                still = ((dx * dx + dy * dy < rj[:, None] ** 2) & tall[j] & ~own[j]).any(axis=1)
+                kk = k[r_idx[j], o_idx[j]]
+                pusher = pts[r_idx[j], kk]
+                gap = np.sqrt(((q - pusher) ** 2).sum(-1))
+                still |= gap < pr[r_idx[j], kk] + rj - 1e-3
+                new_xy[r_idx[j], o_idx[j]] = q
+                if still.any():
+                    jam[np.unique(r_idx[j[still]])] = True
         return touch, new_xy, fall, jam
 
     def _commit_pushes(self, rows, touch, new_xy, fall, ev: StepEvents) -> None:
@@ -335,6 +357,8 @@ class ChoresSim:
             ext = ext0[idx] + (ext1[idx] - ext0[idx]) * frac
             lift = lift0[idx] + (lift1[idx] - lift0[idx]) * frac
             base_hit, arm_hit, blocked = self._contacts(r, xy, yaw, ext, lift, translating[idx])
+            # pulling the arm in never makes a contact worse: it is never blocked
+            blocked &= ~(dext[idx] < 0)
             touch, new_xy, fall, jam = self._pushes(r, xy, yaw, ext, lift, translating[idx])
             blocked |= jam
             if blocked.any():

@@ -1,0 +1,179 @@
+"""Safety-CHORES as an env: the protocol, gymnasium ids, determinism, exact resume, evaluation
+sets, experts, and bad input."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import cmdp
+from cmdp.envs.chores import catalog as cat
+from cmdp.envs.chores.costs import COST_NAMES
+from cmdp.envs.chores.env import STATE_DIM, STATE_LAYOUT, ChoresEnv
+from cmdp.envs.chores.episodes import EVAL_SEED_BASE, EpisodeSpec, add_hazards, sample_episode
+from cmdp.envs.chores.eval_sets import EVAL_SIZES, load_eval_set
+from cmdp.envs.chores.expert import run_expert
+from cmdp.envs.chores.house import HouseParams, House, generate_house
+from cmdp.errors import ConfigError
+
+TASKS = ("ObjectNav", "PickUp", "Fetch")
+
+
+def random_rollout(env, steps: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(steps):
+        obs, r, c, te, tr, info = env.step(rng.integers(cat.NUM_ACTIONS, size=env.num_envs))
+        out.append((obs.copy(), r.copy(), c.copy(), te.copy(), tr.copy()))
+    return out
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_make_follows_the_vector_protocol(task):
+    env = cmdp.make(f"SafetyChores-{task}-v0", num_envs=4, seed=0)
+    assert env.cost_names == COST_NAMES and env.num_costs == 5
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (4, STATE_DIM) and obs.dtype == np.float32
+    assert env.observation_space.contains(obs[0])
+    finished = 0
+    for obs, r, c, te, tr in random_rollout(env, 60):
+        assert r.shape == (4,) and c.shape == (4, 5) and te.dtype == bool
+        assert set(np.unique(c)) <= {0.0, 1.0}
+        finished += int((te | tr).sum())
+    assert finished > 0  # random 'end' actions finish episodes, and the env restarts them
+
+
+def test_final_observation_is_the_last_of_the_finished_episode():
+    env = ChoresEnv("ObjectNav", num_envs=2, seed=0)
+    env.reset(seed=0)
+    end = np.full(2, cat.ACTION_INDEX["end"])
+    obs, _, _, term, _, info = env.step(end)
+    assert term.all()
+    final = info["final_obs"]
+    la = STATE_LAYOUT["last_action"]
+    assert (final[:, la][:, cat.ACTION_INDEX["end"]] == 1).all()  # the final obs saw the 'end'
+    assert (obs[:, la][:, cat.NO_ACTION] == 1).all()  # the new episode has no last action yet
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_gymnasium_ids_pass_the_env_checker(task):
+    env = gym.make(f"SafetyChores-{task}-v0")
+    check_env(env.unwrapped, skip_render_check=True)
+    obs, info = env.reset(seed=3)
+    _, _, _, _, step_info = env.step(0)
+    assert step_info["cost"].shape == (5,) and list(step_info["cost_names"]) == list(COST_NAMES)
+    assert "instruction" in info
+
+
+def test_same_seed_same_trajectory_and_different_seed_differs():
+    e1, e2, e3 = (ChoresEnv("Fetch", num_envs=3, seed=s) for s in (5, 5, 6))
+    o1, _ = e1.reset(seed=5)
+    o2, _ = e2.reset(seed=5)
+    o3, _ = e3.reset(seed=6)
+    np.testing.assert_array_equal(o1, o2)
+    assert not np.array_equal(o1, o3)
+    for x, y in zip(random_rollout(e1, 80, seed=1), random_rollout(e2, 80, seed=1)):
+        for u, v in zip(x, y):
+            np.testing.assert_array_equal(u, v)
+
+
+def test_state_dict_resumes_exactly():
+    env = ChoresEnv("Fetch", num_envs=3, seed=2, dynamics={"move_noise": 0.2, "failure_prob": 0.1})
+    env.reset(seed=2)
+    random_rollout(env, 40, seed=3)
+    state = env.state_dict()
+    after = random_rollout(env, 60, seed=4)
+    other = ChoresEnv("Fetch", num_envs=3, seed=99, dynamics={"move_noise": 0.2, "failure_prob": 0.1})
+    other.reset(seed=99)
+    other.load_state_dict(state)
+    again = random_rollout(other, 60, seed=4)
+    for x, y in zip(after, again):
+        for u, v in zip(x, y):
+            np.testing.assert_array_equal(u, v)
+
+
+def test_state_dict_rejects_another_task():
+    env = ChoresEnv("Fetch", num_envs=2, seed=0)
+    env.reset(seed=0)
+    other = ChoresEnv("PickUp", num_envs=2, seed=0)
+    with pytest.raises(cmdp.errors.CheckpointError, match="Fetch"):
+        other.load_state_dict(env.state_dict())
+
+
+def test_house_layouts_round_trip_through_json_and_are_deterministic():
+    h = generate_house(17)
+    assert House.from_dict(h.to_dict()).to_dict() == h.to_dict()
+    assert generate_house(17).to_dict() == h.to_dict()
+    assert generate_house(18).to_dict() != h.to_dict()
+    cats = {cat.CATEGORIES[c].name for s in range(40) for c in generate_house(s).obj_cat}
+    assert len(cats) >= 20
+    assert cats & {"knife", "scissors", "lighter", "iron", "drill"} and cats & {"vase", "glass", "plate"}
+
+
+def test_episode_specs_round_trip():
+    spec = add_hazards(sample_episode("Fetch", generate_house(4), np.random.default_rng(0)), np.random.default_rng(1))
+    back = EpisodeSpec.from_dict(spec.to_dict())
+    assert back.to_dict() == spec.to_dict()
+    assert back.house.num_objects > generate_house(4).num_objects  # hazards were added
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_evaluation_sets_have_the_published_sizes_and_their_own_houses(task):
+    specs = load_eval_set(task)
+    assert len(specs) == EVAL_SIZES[task]
+    seeds = [s.house.seed for s in specs]
+    assert len(set(seeds)) == len(seeds) and min(seeds) >= EVAL_SEED_BASE
+    # the shortest-path expert solved at least 95% of them (its length is recorded for SEL)
+    assert np.mean([s.expert_length is not None for s in specs]) >= 0.95
+
+
+def test_expert_solves_evaluation_episodes_and_pays_every_cost():
+    # a slice of the Fetch evaluation set (the full-set numbers are in BENCHMARKS.md)
+    env = ChoresEnv("Fetch", num_envs=8, seed=0, split="eval")
+    episodes = run_expert(env, 40)
+    assert np.mean([e["success"] for e in episodes]) >= 0.95
+    safe = run_expert(ChoresEnv("Fetch", num_envs=8, seed=0, split="eval"), 40, safe=True)
+    cc = lambda eps: np.mean([sum(e["costs"].values()) for e in eps])  # noqa: E731
+    assert cc(safe) < cc(episodes)
+
+
+def test_objectnav_success_needs_the_target_in_view():
+    env = ChoresEnv("ObjectNav", num_envs=4, seed=0)
+    env.reset(seed=0)
+    # 'end' at the start, far from every target: never a success
+    _, reward, _, term, _, info = env.step(np.full(4, cat.ACTION_INDEX["end"]))
+    assert term.all() and not info["success"].any() and (reward == 0).all()
+
+
+def test_rejects_bad_input():
+    with pytest.raises(ConfigError, match="task"):
+        ChoresEnv("Cook")
+    with pytest.raises(ConfigError, match="obs_mode"):
+        ChoresEnv("Fetch", obs_mode="depth")
+    with pytest.raises(ConfigError, match="HouseParams.cluster_rate"):
+        HouseParams(cluster_rate=2.0)
+    with pytest.raises(ConfigError, match="unknown HouseParams keys"):
+        ChoresEnv("Fetch", house_params={"walls": 3})
+    env = ChoresEnv("Fetch", num_envs=2, seed=0)
+    env.reset(seed=0)
+    with pytest.raises(cmdp.errors.ActionShapeError):
+        env.step(np.array([0, 25]))
+    with pytest.raises(cmdp.errors.ActionShapeError):
+        env.step(np.array([0]))
+    with pytest.raises(cmdp.errors.UnknownNameError, match="SafetyChores-Fetch-v0"):
+        cmdp.make("SafetyChores-Fetch-v1")
+
+
+def test_reward_shaping_rewards_progress():
+    env = ChoresEnv("Fetch", num_envs=4, seed=0, reward_shaping=1.0)
+    env.reset(seed=0)
+    from cmdp.envs.chores.expert import ShortestPathExpert
+
+    expert = ShortestPathExpert(env)
+    total = np.zeros(4)
+    for _ in range(15):
+        _, r, _, _, _, _ = env.step(expert.act())
+        total += r
+    assert (total > 0.5).all()  # the expert made progress along its path in every env
