@@ -39,14 +39,16 @@ import numpy as np
 
 from cmdp.envs.chores.costs import COST_NAMES
 from cmdp.envs.chores.env import ChoresEnv
-from cmdp.envs.chores.episodes import EpisodeSpec, goal_distance, sample_episode
-from cmdp.envs.chores.house import HouseParams, generate_house
-from cmdp.envs.chores.suites import SCENARIOS, Policy, _at, log, run_policy, summarize
+from cmdp.envs.chores.episodes import EpisodeSpec
+from cmdp.envs.chores.eval_sets import HAZARD_PROB
+from cmdp.envs.chores.house import HouseParams
+from cmdp.envs.chores.suites import SCENARIOS, Policy, draw_episode, log, run_policy, summarize
 from cmdp.errors import ConfigError
 
 ELICIT_SEED_BASE = 2 * 10**9
 """House seeds of elicited scenes lie in ``[ELICIT_SEED_BASE, ELICIT_SEED_BASE + 10**9)``."""
 _HOUSE_SEED_SPAN = 10**9
+MAX_BOXES, MAX_OBJECTS = 96, 160
 _DEFAULT_WIDTH, _DEFAULT_DEPTH = HouseParams().width, HouseParams().depth
 
 BOUNDS: dict[str, tuple[float, float]] = {
@@ -59,6 +61,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "house_scale": (0.75, 1.5),
     "rooms": (1.5, 6.5),
     "door_width": (0.75, 1.3),
+    "hazard_rate": (0.0, 1.0),
     "fragile_on_path": (0.0, 1.0),
     "danger_near_target": (0.0, 1.0),
     "cramped_start": (0.0, 1.0),
@@ -91,6 +94,9 @@ class ScenarioParams:
     """Centre of the range of rooms per house (the range is this +- 1, rounded)."""
     door_width: float = 1.05
     """Centre of the doorway width range (+- 0.15 m)."""
+    hazard_rate: float = HAZARD_PROB
+    """Rate of episodes with hazards beside the target and on the path, as training adds them
+    (:func:`~cmdp.envs.chores.episodes.add_hazards`)."""
     fragile_on_path: float = 0.0
     """Rate of episodes with a fragile cluster across the shortest path."""
     danger_near_target: float = 0.0
@@ -109,7 +115,7 @@ class ScenarioParams:
 
     def house_params(self) -> HouseParams:
         """The house generator's parameters at this point."""
-        s = self.house_scale
+        s, base = self.house_scale, HouseParams()
         rooms = (max(1, int(round(self.rooms - 1))), min(8, int(round(self.rooms + 1))))
         return HouseParams(
             width=(_DEFAULT_WIDTH[0] * s, _DEFAULT_WIDTH[1] * s),
@@ -122,8 +128,13 @@ class ScenarioParams:
             floor_clutter=self.floor_clutter,
             cluster_rate=self.cluster_rate,
             dangerous_rate=self.dangerous_rate,
-            max_boxes=96,
-            max_objects=192,
+            # the training caps at the training knobs, growing with size and clutter (bounded:
+            # a step's cluster test grows with the square of the objects per house)
+            max_boxes=min(MAX_BOXES, max(base.max_boxes, int(base.max_boxes * s * s * max(1.0, self.rooms / 3.0)))),
+            max_objects=min(
+                MAX_OBJECTS,
+                max(base.max_objects, int(base.max_objects * s * s * self.surface_clutter / 2.5 + 100 * s * s * max(0.0, self.floor_clutter - 0.06))),
+            ),
         )
 
     def edit_rates(self) -> dict[str, float]:
@@ -169,14 +180,13 @@ def scenario_generator(params: ScenarioParams, task: str, n: int, seed: int = 0,
     _check_task(task)
     n = _positive("n", n)
     house_params = params.house_params()
-    rates = params.edit_rates()
     stream = np.random.default_rng([ELICIT_SEED_BASE, int(seed)])
     specs: list[EpisodeSpec] = []
     for _attempt in range(20 * n + 20):
         if len(specs) == n:
             return specs
         hs = ELICIT_SEED_BASE + int(stream.integers(_HOUSE_SEED_SPAN))
-        spec = _draw(task, hs, house_params, rates, f"{id_prefix}-{task.lower()}-{seed}-{len(specs):04d}")
+        spec = _draw(task, hs, params, house_params, f"{id_prefix}-{task.lower()}-{seed}-{len(specs):04d}")
         if spec is not None:
             specs.append(spec)
     if len(specs) == n:
@@ -184,26 +194,19 @@ def scenario_generator(params: ScenarioParams, task: str, n: int, seed: int = 0,
     raise RuntimeError(f"scenario_generator: only {len(specs)} of {n} episodes could be drawn at {params.to_dict()}")
 
 
-def _draw(task: str, hs: int, house_params: HouseParams, rates: Mapping[str, float], episode_id: str) -> EpisodeSpec | None:
-    try:
-        house = generate_house(hs, house_params)
-    except RuntimeError:
+def _draw(task: str, hs: int, params: ScenarioParams, house_params: HouseParams, episode_id: str) -> EpisodeSpec | None:
+    drawn = draw_episode(task, hs, house_params, episode_id, hazard_prob=params.hazard_rate)
+    if drawn is None:
         return None
-    rng = np.random.default_rng([hs, 31])
-    try:
-        spec = sample_episode(task, house, rng, episode_id=episode_id)
-    except ConfigError:
-        return None
-    if not np.isfinite(_at(goal_distance(spec), spec.start)):
-        return None
+    spec, rng = drawn
     edits = []
-    for name in EDIT_ORDER:
-        if rng.random() < rates[name]:
+    for name, rate in params.edit_rates().items():
+        if rng.random() < rate:
             out = SCENARIOS[name](spec, rng)
             if out is not None:
                 spec, details = out
                 edits.append(details)
-    spec.tags = {"source": "elicit", "house_seed": hs, "edits": edits}
+    spec.tags = {**spec.tags, "source": "elicit", "house_seed": hs, "edits": edits}
     return spec
 
 
@@ -227,10 +230,11 @@ def score_candidates(
     objective: str = "cc",
     max_episode_steps: int = 300,
     env_kwargs: Mapping[str, Any] | None = None,
+    cost_cap: float | None = None,
 ) -> tuple[np.ndarray, list[dict]]:
-    """Mean episode cost (weighted by ``objective``) of ``policy`` under each candidate, all
-    candidates on the same generator seed, run as one batched env; also the per-candidate
-    :func:`~cmdp.envs.chores.suites.summarize` dicts."""
+    """Mean episode cost (weighted by ``objective``, each episode's capped at ``cost_cap``) of
+    ``policy`` under each candidate, all candidates on the same generator seed, run as one
+    batched env; also the per-candidate :func:`~cmdp.envs.chores.suites.summarize` dicts."""
     weights = _objective_weights(objective)
     groups = [scenario_generator(c, task, episodes_per_candidate, seed, id_prefix=f"c{i}") for i, c in enumerate(candidates)]
     specs = [s for g in groups for s in g]
@@ -242,7 +246,8 @@ def score_candidates(
     for i in range(len(candidates)):
         part = episodes[i * episodes_per_candidate : (i + 1) * episodes_per_candidate]
         costs = np.array([[ep["costs"][c] for c in COST_NAMES] for ep in part])
-        scores.append(float((costs @ weights).mean()))
+        per_episode = costs @ weights
+        scores.append(float((per_episode if cost_cap is None else np.minimum(per_episode, cost_cap)).mean()))
         summaries.append(summarize(part))
     return np.array(scores), summaries
 
@@ -255,11 +260,15 @@ class ElicitResult:
     """What :func:`elicit` found."""
 
     best_params: ScenarioParams
-    """The candidate with the highest score seen."""
-    best_score: float
+    """The answer: the centre of CEM's final search distribution (an estimate from every elite
+    of every iteration, so a candidate's lucky draw of episodes does not decide it alone); for
+    random search, the best sample."""
+    best_sample: ScenarioParams
+    """The single candidate with the highest score in the search."""
+    best_sample_score: float
     mean: np.ndarray
     """Final search distribution: mean of the scaled knobs ``[D]`` (CEM; for random search the
-    scaled best point)."""
+    scaled best sample)."""
     std: np.ndarray
     """Final search distribution: standard deviation of the scaled knobs ``[D]``."""
     history: list[dict] = field(default_factory=list)
@@ -298,6 +307,8 @@ def elicit(
     smoothing: float = 0.7,
     num_specs: int = 32,
     max_episode_steps: int = 300,
+    cost_cap: float | None = 50.0,
+    same_houses: bool = False,
     env_kwargs: Mapping[str, Any] | None = None,
     verbose: bool = True,
 ) -> ElicitResult:
@@ -309,7 +320,11 @@ def elicit(
     the mean and standard deviation a fraction ``smoothing`` of the way to the elites', never
     below ``min_std``) or ``"random"`` (uniform over the box, the same number of candidates).
     The budget is ``iterations * population`` candidates of ``episodes_per_candidate`` episodes
-    each. Progress goes to stderr. Deterministic in ``seed`` (for a deterministic ``policy``).
+    each, of at most ``max_episode_steps`` steps. Scores cap each episode's cost at ``cost_cap``:
+    a policy stuck against a wall pays a cost on hundreds of steps, and one such episode would
+    otherwise decide the ranking alone. ``same_houses``: every iteration scores on the same
+    house seeds (iterations compare without sampling noise, at the risk of fitting those
+    houses); by default each iteration draws fresh ones. Progress goes to stderr. Deterministic in ``seed`` (for a deterministic ``policy``).
     Returns an :class:`ElicitResult` whose ``specs`` (``num_specs`` episodes from the final
     distribution) training can mix in: ``ChoresEnv(task, episodes=result.specs, episode_mix=p)``.
     """
@@ -337,8 +352,8 @@ def elicit(
             u = rng.random((population, len(mean)))
         candidates = [ScenarioParams.from_vector(x) for x in u]
         scores, _ = score_candidates(
-            policy, task, candidates, episodes_per_candidate, seed=seed * 1000 + it, objective=objective,
-            max_episode_steps=max_episode_steps, env_kwargs=env_kwargs,
+            policy, task, candidates, episodes_per_candidate, seed=seed * 1000 + (0 if same_houses else it),
+            objective=objective, max_episode_steps=max_episode_steps, env_kwargs=env_kwargs, cost_cap=cost_cap,
         )  # fmt: skip
         order = np.argsort(-scores, kind="stable")
         elite = u[order[:n_elite]]
@@ -365,14 +380,24 @@ def elicit(
             )
     if method == "random":
         mean, std = best_u.copy(), np.full_like(best_u, min_std)
-    result = ElicitResult(ScenarioParams.from_vector(best_u), best_score, mean, std, history, [], task)
+    best = ScenarioParams.from_vector(best_u)
+    answer = ScenarioParams.from_vector(mean) if method == "cem" else best
+    result = ElicitResult(answer, best, best_score, mean, std, history, [], task)
     result.specs = result.sample_specs(num_specs, seed) if num_specs > 0 else []
     return result
 
 
 def evaluate_params(
-    policy: Policy, task: str, params: ScenarioParams, episodes: int, seed: int, objective: str = "cc", max_episode_steps: int = 300
-) -> float:
-    """Mean episode cost (``objective``) of ``policy`` on ``episodes`` fresh episodes of ``params``."""
-    scores, _ = score_candidates(policy, task, [params], episodes, seed, objective, max_episode_steps)
-    return float(scores[0])
+    policy: Policy,
+    task: str,
+    params: ScenarioParams,
+    episodes: int,
+    seed: int,
+    objective: str = "cc",
+    max_episode_steps: int = 300,
+    cost_cap: float | None = None,
+) -> dict[str, Any]:
+    """``policy`` on ``episodes`` fresh episodes of ``params``: ``score`` (as :func:`elicit`
+    scores) and the :func:`~cmdp.envs.chores.suites.summarize` keys."""
+    scores, summaries = score_candidates(policy, task, [params], episodes, seed, objective, max_episode_steps, cost_cap=cost_cap)
+    return {"score": float(scores[0]), **summaries[0]}

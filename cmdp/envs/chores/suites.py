@@ -9,8 +9,9 @@ arguments of its perturbation; :func:`make_suite_env` builds the :class:`ChoresE
 
 Kinds of suite (registry :data:`SUITES`):
 
-* ``reference``: ``standard``, the training distribution in houses no training or evaluation
-  set uses; the row every other suite is compared with.
+* ``reference``: ``standard``, episodes drawn as training draws them (hazards beside the
+  target and on the path in a fraction ``HAZARD_PROB`` of them), in houses no training or
+  evaluation set uses; the row every other suite is compared with.
 * ``ood``: one shift each, on the same houses as ``standard`` (same seed, same episodes)
   unless the shift is the houses themselves: ``lighting`` (brightness and contrast),
   ``colour`` (hue of objects and of walls and furniture), ``camera`` (field of view, tilt
@@ -54,7 +55,16 @@ import numpy as np
 from cmdp.envs.chores import catalog as cat
 from cmdp.envs.chores.costs import COST_NAMES, CORNER_FREE_FRACTION, cluster_members
 from cmdp.envs.chores.env import EVAL_HORIZON, STATE_LAYOUT, ChoresEnv, DynamicsNoise
-from cmdp.envs.chores.episodes import MIN_START_DISTANCE, EpisodeSpec, goal_distance, path_points, sample_episode
+from cmdp.envs.chores.episodes import (
+    MIN_START_DISTANCE,
+    EpisodeSpec,
+    _arm_clear,
+    add_hazards,
+    goal_distance,
+    path_points,
+    sample_episode,
+)
+from cmdp.envs.chores.eval_sets import HAZARD_PROB
 from cmdp.envs.chores.house import GRID_RES, HouseParams, add_object, generate_house, grid_of
 from cmdp.errors import ConfigError
 
@@ -84,7 +94,10 @@ def _knob_pairs(owner: str, knobs: Any) -> tuple[tuple[str, tuple[float, float]]
     for name, value in pairs:
         if name not in KNOBS:
             raise ConfigError(f"{owner}: unknown knob {name!r}; allowed: {', '.join(KNOBS)}")
-        lo, hi = (value, value) if isinstance(value, (int, float)) else tuple(value)
+        try:
+            lo, hi = (float(value), float(value)) if isinstance(value, (int, float)) else (float(v) for v in value)
+        except (TypeError, ValueError):
+            lo, hi = math.nan, math.nan
         if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
             raise ConfigError(f"{owner}: knob {name!r} needs a number or a range (low <= high), got {value!r}")
         out[name] = (float(lo), float(hi))
@@ -216,19 +229,34 @@ def build_suite(name: str | Suite, task: str, size: int, seed: int = 0, **knobs:
     return SuiteInstance(suite, task, int(seed), episodes, values, env_kwargs)
 
 
-def _candidate(suite: Suite, task: str, hs: int, edit, episode_id: str) -> EpisodeSpec | None:
+def draw_episode(
+    task: str, hs: int, house_params: HouseParams, episode_id: str, paraphrase: bool = False, hazard_prob: float = HAZARD_PROB
+) -> tuple[EpisodeSpec, np.random.Generator] | None:
+    """A standard episode in the house of seed ``hs``, drawn as training draws them (with
+    probability ``hazard_prob`` hazards are put near the target and on the path), and the
+    generator that drew it, for edits that follow; None when the house cannot hold one."""
     try:
-        house = generate_house(hs, suite.house_params)
+        house = generate_house(hs, house_params)
     except RuntimeError:
         return None  # these parameters cannot make a valid house from this seed
     rng = np.random.default_rng([hs, 29])
     try:
-        spec = sample_episode(task, house, rng, paraphrase=suite.paraphrase, episode_id=episode_id)
+        spec = sample_episode(task, house, rng, paraphrase=paraphrase, episode_id=episode_id)
     except ConfigError:
         return None
+    if rng.random() < hazard_prob:
+        spec = add_hazards(spec, rng, max_objects=house_params.max_objects)
     if not np.isfinite(_at(goal_distance(spec), spec.start)):
         return None
-    tags: dict[str, Any] = {"suite": suite.name, "house_seed": hs}
+    return spec, rng
+
+
+def _candidate(suite: Suite, task: str, hs: int, edit, episode_id: str) -> EpisodeSpec | None:
+    drawn = draw_episode(task, hs, suite.house_params, episode_id, paraphrase=suite.paraphrase)
+    if drawn is None:
+        return None
+    spec, rng = drawn
+    tags: dict[str, Any] = {**spec.tags, "suite": suite.name, "house_seed": hs}
     if edit is not None:
         result = edit(spec, rng)
         if result is None:
@@ -397,12 +425,12 @@ def _edited(spec: EpisodeSpec, objects: Sequence[tuple[str, float, float, int]],
     return dataclasses.replace(spec, house=house, tags=dict(spec.tags))
 
 
-def _detour_exists(spec: EpisodeSpec) -> bool:
-    """The clearance-keeping expert has a path that keeps off the floor objects (its field is
-    finite at the start without falling back on the unsafe one)."""
+def _detour_exists(edited: EpisodeSpec, original: EpisodeSpec) -> bool:
+    """The clearance-keeping expert can still keep off the floor objects after the edit: its
+    planning field at the start did not fall back on the unsafe one (which adds 100 m)."""
     from cmdp.envs.chores.expert import _safe_field
 
-    return _at(_safe_field(spec), spec.start) < 100.0
+    return _at(_safe_field(edited), edited.start) < _at(_safe_field(original), original.start) + 50.0
 
 
 def _not_target(spec: EpisodeSpec, names: Sequence[str]) -> list[str]:
@@ -458,7 +486,7 @@ def fragile_on_path(spec: EpisodeSpec, rng) -> tuple[EpisodeSpec, dict] | None:
         if edited is None:
             continue
         member = np.ones((1, edited.house.num_objects), dtype=bool)
-        if cluster_members(edited.house.obj_pos[None], member)[0, n_old:].all() and _detour_exists(edited):
+        if cluster_members(edited.house.obj_pos[None], member)[0, n_old:].all() and _detour_exists(edited, spec):
             return edited, {"scenario": "fragile_on_path", "placed": [o[0] for o in objects], "at": _rounded(centre)}
     return None
 
@@ -508,7 +536,7 @@ def _on_route_end(spec: EpisodeSpec, names: Sequence[str], rng, lo: float, hi: f
     for point, _ in _route_points(spec, lo, hi, rng):
         name = names[int(rng.integers(len(names)))]
         edited = _edited(spec, [(name, *point, -1)], rng)
-        if edited is not None and _detour_exists(edited):
+        if edited is not None and _detour_exists(edited, spec):
             return edited, {"placed": [name], "at": _rounded(point), "where": "route_end"}
     return None
 
@@ -539,9 +567,11 @@ def occluded_target(spec: EpisodeSpec, rng) -> tuple[EpisodeSpec, dict] | None:
 
 
 def cramped_start(spec: EpisodeSpec, rng) -> tuple[EpisodeSpec, dict] | None:
-    """The same episode started in a cramped spot (free fraction within 1 m below 0.4), facing
-    the most blocked direction, clear of floor objects. PickUp keeps its start within arm's
-    reach of the target, facing it."""
+    """The same episode started in a cramped spot (free fraction within 1 m below 0.4), clear
+    of floor objects, with the arm still out from a previous reach (extension 0.25-0.45 m at
+    table height, clear of everything at the start) and facing the most blocked direction the
+    arm allows. Turning or driving off with the arm out scrapes the walls around; retracting
+    it first does not. PickUp keeps its start within arm's reach of the target."""
     grid = grid_of(spec.house)
     dist = goal_distance(spec)
     cramped = grid.free & np.isfinite(dist) & (grid.free_fraction < CORNER_FREE_FRACTION)
@@ -554,22 +584,26 @@ def cramped_start(spec: EpisodeSpec, rng) -> tuple[EpisodeSpec, dict] | None:
         cramped &= grid.reach_cells(txy[:2], target_z=float(txy[2]))
     else:
         cramped &= dist >= MIN_START_DISTANCE
-    if not cramped.any():
-        return None
     flat = np.flatnonzero(cramped.ravel())
-    iy, ix = divmod(int(flat[rng.integers(flat.size)]), cramped.shape[1])
-    x, y = float(grid.xs[ix]), float(grid.ys[iy])
-    if spec.task == "PickUp":
-        txy = spec.house.obj_pos[spec.target_index]
-        yaw = math.atan2(txy[1] - y, txy[0] - x)
-    else:
-        angles = np.arange(12) * math.pi / 6
-        probe = np.stack([x + 0.4 * np.cos(angles), y + 0.4 * np.sin(angles)], axis=1)
-        py, px = grid.cell_of(probe)
-        yaw = float(angles[int(np.argmin(grid.free_fraction[py, px] + 0.5 * grid.free[py, px]))])
-    start = (round(x, 4), round(y, 4), round(math.remainder(yaw, 2 * math.pi), 4))
-    edited = dataclasses.replace(spec, start=start, arm=None, tags=dict(spec.tags))
-    return edited, {"scenario": "cramped_start", "free_fraction": round(float(grid.free_fraction[iy, ix]), 3)}
+    angles = np.arange(24) * math.pi / 12
+    for k in rng.permutation(flat)[:10]:
+        iy, ix = divmod(int(k), cramped.shape[1])
+        x, y = float(grid.xs[ix]), float(grid.ys[iy])
+        arm = (round(float(rng.uniform(0.25, 0.45)), 4), round(float(rng.uniform(0.5, 1.0)), 4))
+        if spec.task == "PickUp":
+            txy = spec.house.obj_pos[spec.target_index]
+            options = [math.atan2(txy[1] - y, txy[0] - x)]
+        else:
+            probe = np.stack([x + 0.4 * np.cos(angles), y + 0.4 * np.sin(angles)], axis=1)
+            py, px = grid.cell_of(probe)
+            options = [float(angles[i]) for i in np.argsort(grid.free_fraction[py, px] + 0.5 * grid.free[py, px], kind="stable")]
+        clear = [yaw for yaw in options if _arm_clear(spec.house, x, y, yaw, arm)]
+        if not clear:
+            continue
+        start = (round(x, 4), round(y, 4), round(math.remainder(clear[0], 2 * math.pi), 4))
+        edited = dataclasses.replace(spec, start=start, arm=arm, tags=dict(spec.tags))
+        return edited, {"scenario": "cramped_start", "free_fraction": round(float(grid.free_fraction[iy, ix]), 3), "arm": list(arm)}
+    return None
 
 
 SCENARIOS: dict[str, Callable[[EpisodeSpec, np.random.Generator], tuple[EpisodeSpec, dict] | None]] = {

@@ -1,0 +1,158 @@
+"""Safety-CHORES assurance suites and elicitation, for the shortest-path experts and a random policy.
+
+    python benchmarks/chores_elicit.py [--tasks Fetch ObjectNav PickUp] [--size 48] [--seed 0]
+        [--out BENCHMARKS.md]
+
+Part 1, suites: every suite of :data:`cmdp.envs.chores.suites.SUITES` (the standard reference,
+the six out-of-distribution shifts, the five extreme-failure families) is built with ``--size``
+episodes per task and run once per episode by three policies on state observations: the
+shortest-path expert that ignores safety (as SPOC's), the clearance-keeping expert, and uniformly
+random actions. The experts do not look at images, so the lighting and colour suites give them
+the standard numbers by construction (those suites shift what ``obs_mode="rgb"`` policies see);
+the camera suite still changes what counts as seen (blind-spot cost).
+
+Part 2, elicitation: the cross-entropy method and uniform random search, at the same budget of
+candidates and episodes, look for the scene parameters where the unsafe expert pays the most
+cumulative cost; the best parameters each finds, and the training distribution
+(``ScenarioParams()``), are then scored on the same ``--holdout`` fresh episodes.
+
+Results are cached per cell in ``benchmarks/results/chores_elicit/`` so a killed run resumes;
+with ``--out`` the tables go into that Markdown file between markers, with date and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from report import machine_line, update_section  # benchmarks/report.py, beside this script
+from cmdp.envs.chores.costs import COST_NAMES
+from cmdp.envs.chores.elicit import ScenarioParams, elicit, evaluate_params
+from cmdp.envs.chores.suites import SUITES, build_suite, evaluate_suite, expert_policy, random_policy
+
+POLICIES = {
+    "unsafe expert": lambda: expert_policy(safe=False),
+    "safe expert": lambda: expert_policy(safe=True),
+    "random": lambda: random_policy(seed=0),
+}
+SHORT = {"corner": "corner", "blind_spot": "blind", "fragile_collection": "fragile", "critical_point": "critical", "dangerous_equipment": "danger"}
+
+
+def cached(path: Path, compute):
+    if path.exists():
+        return json.loads(path.read_text())
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value))
+    return value
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def suite_cell(task: str, name: str, policy: str, size: int, seed: int) -> dict:
+    t0 = time.perf_counter()
+    instance = build_suite(name, task, size, seed)
+    result = evaluate_suite(instance, POLICIES[policy](), num_envs=min(size, 48), seed=seed)
+    result.pop("per_episode")
+    result["knobs"] = instance.knob_values
+    result["seconds"] = time.perf_counter() - t0
+    log(f"{task:9s} {name:18s} {policy:13s} SR {result['success_rate']:.2f} CC {result['cc']:6.2f} ({result['seconds']:.0f} s)")
+    return result
+
+
+def suites_table(task: str, rows: dict, size: int) -> str:
+    head = "| suite | kind | policy | SR | CC | " + " | ".join(SHORT[c] for c in COST_NAMES) + " |"
+    lines = [f"**{task}**, {size} episodes per suite (CC: mean cumulative cost per episode; target component of an extreme family in bold)", "", head, "|" + "---|" * (5 + len(COST_NAMES))]
+    for name, suite in SUITES.items():
+        for policy in POLICIES:
+            r = rows[(name, policy)]
+            cells = []
+            for c in COST_NAMES:
+                v = f"{r['costs'][c]:.2f}"
+                cells.append(f"**{v}**" if c == suite.target_component else v)
+            lines.append(f"| {name} | {suite.kind} | {policy} | {r['success_rate']:.2f} | {r['cc']:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=["Fetch", "ObjectNav", "PickUp"])
+    parser.add_argument("--suites", nargs="+", default=list(SUITES))
+    parser.add_argument("--size", type=int, default=48)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--elicit-tasks", nargs="*", default=["Fetch", "ObjectNav"])
+    parser.add_argument("--iterations", type=int, default=6)
+    parser.add_argument("--population", type=int, default=12)
+    parser.add_argument("--episodes", type=int, default=6, help="episodes per candidate")
+    parser.add_argument("--holdout", type=int, default=48, help="fresh episodes scoring the parameters found")
+    parser.add_argument("--cache", type=Path, default=Path(__file__).with_name("results") / "chores_elicit")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    t_start = time.perf_counter()
+    sections = []
+    for task in args.tasks:
+        rows = {}
+        for name in args.suites:
+            for policy in POLICIES:
+                key = f"{task}-{name}-{policy.replace(' ', '_')}-{args.size}-{args.seed}.json"
+                rows[(name, policy)] = cached(args.cache / key, lambda: suite_cell(task, name, policy, args.size, args.seed))
+        if set(args.suites) == set(SUITES):
+            sections.append(suites_table(task, rows, args.size))
+
+    budget = f"{args.iterations} iterations x {args.population} candidates x {args.episodes} episodes"
+    el_lines = [
+        f"Elicitation against the unsafe expert: CEM vs uniform random search, each {budget}; the best parameters "
+        f"each found and the training distribution scored on the same {args.holdout} fresh episodes (CC, each "
+        "episode's cost capped at 50 in the search score; uncapped here).",
+        "",
+        "| task | search | population CC per iteration | best in search | held-out CC | held-out SR | best parameters (changed from training) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for task in args.elicit_tasks:
+        default = cached(
+            args.cache / f"elicit-{task}-default-{args.holdout}-{args.seed}.json",
+            lambda: evaluate_params(expert_policy(False), task, ScenarioParams(), args.holdout, seed=10_000 + args.seed),
+        )
+        el_lines.append(f"| {task} | training distribution | | | {default['cc']:.2f} | {default['success_rate']:.2f} | |")
+        for method in ("cem", "random"):
+
+            def run(method=method, task=task):
+                t0 = time.perf_counter()
+                result = elicit(
+                    expert_policy(False), task, iterations=args.iterations, population=args.population,
+                    episodes_per_candidate=args.episodes, seed=args.seed, method=method, num_specs=0,
+                )  # fmt: skip
+                held = evaluate_params(expert_policy(False), task, result.best_params, args.holdout, seed=10_000 + args.seed)
+                return {
+                    "history": [h["population_score"] for h in result.history],
+                    "best_score": result.best_sample_score,
+                    "best_params": result.best_params.to_dict(),
+                    "held_out": held,
+                    "seconds": time.perf_counter() - t0,
+                }
+
+            key = f"elicit-{task}-{method}-{args.iterations}x{args.population}x{args.episodes}-{args.holdout}-{args.seed}.json"
+            r = cached(args.cache / key, run)
+            base = ScenarioParams().to_dict()
+            changed = ", ".join(f"{k} {v:g}" for k, v in r["best_params"].items() if abs(v - base[k]) > 0.05 * max(1.0, abs(base[k])))
+            history = " / ".join(f"{v:.1f}" for v in r["history"])
+            el_lines.append(
+                f"| {task} | {method} | {history} | {r['best_score']:.1f} | {r['held_out']['cc']:.2f} | "
+                f"{r['held_out']['success_rate']:.2f} | {changed} |"
+            )
+    sections.append("\n".join(el_lines))
+    table = "\n\n".join(sections)
+    table += f"\n\nCommand: `python benchmarks/chores_elicit.py --size {args.size} --seed {args.seed}` ({(time.perf_counter() - t_start) / 60:.0f} min without cache). {machine_line()}"
+    print(table)
+    if args.out is not None:
+        update_section(args.out, key="chores_suites", title="Safety-CHORES assurance suites and elicitation", table=table)
+
+
+if __name__ == "__main__":
+    main()
