@@ -164,7 +164,18 @@ class ChoresEnv(VectorCMDP):
         self.scene = Scene(self.num_envs, mb, mo)
         self._rng = np.random.default_rng(self._seed)
         self.sim = ChoresSim(self.scene, self._rng, **vars(self.dynamics))
-        self.camera_geometry = CameraGeometry()
+        # what counts as visible (costs, ObjectNav success) follows the navigation camera's
+        # geometry in every observation mode, so an OOD camera suite changes both consistently
+        self.camera_geometry = (
+            CameraGeometry()
+            if camera is None
+            else CameraGeometry(
+                height=camera.mount_height,
+                pitch=np.deg2rad(camera.pitch),
+                vfov=np.deg2rad(camera.vertical_fov),
+                hfov=np.deg2rad(camera.horizontal_fov),
+            )
+        )
         self.costs = SafetyCostLayer(self.num_envs, mo + mb)
         self.cost_names = COST_NAMES
         self.action_space = gym.spaces.Discrete(cat.NUM_ACTIONS)
