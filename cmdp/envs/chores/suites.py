@@ -275,10 +275,10 @@ def make_suite_env(
 ) -> ChoresEnv:
     """A :class:`ChoresEnv` over the instance's episodes (cycled in order, env ``i`` starting at
     episode ``i``) with its perturbation. ``kwargs`` go to ``ChoresEnv`` and win over the
-    instance's. The navigation camera of the ``camera`` suite also decides visibility (what the
-    blind-spot cost and ObjectNav success count as seen), in either obs mode."""
+    instance's. The env lets the navigation camera of the ``camera`` suite also decide
+    visibility (what the blind-spot cost and ObjectNav success count as seen), in either obs
+    mode."""
     from cmdp.envs.chores import render
-    from cmdp.envs.chores.sim import CameraGeometry
 
     num_envs = min(instance.size, 32) if num_envs is None else num_envs
     merged = {**instance.env_kwargs, **kwargs}
@@ -292,13 +292,6 @@ def make_suite_env(
         instance.task, num_envs=num_envs, seed=seed, obs_mode=obs_mode, episodes=instance.episodes,
         image_size=image_size, style=style, camera=camera, **merged,
     )  # fmt: skip
-    if camera is not None:
-        env.camera_geometry = CameraGeometry(
-            height=camera.mount_height,
-            pitch=math.radians(camera.pitch),
-            vfov=math.radians(camera.vertical_fov),
-            hfov=math.radians(camera.horizontal_fov),
-        )
     return env
 
 
