@@ -324,6 +324,12 @@ def versions() -> str:
     return ", ".join(f"{n} {version(n)}" for n in names)
 
 
+def envs_phrase(num_envs: int) -> str:
+    if num_envs == 1:
+        return "1 env in the training process (OmniSafe's single-env wrappers, cmdp's sync vector env)"
+    return f"{num_envs} envs in worker processes (safety-gymnasium's async vector env, cmdp's SubprocVectorCMDP)"
+
+
 def build_table(results: dict[tuple[str, str], dict], settings: Settings, command: str) -> str:
     from report import machine_line  # benchmarks/report.py, beside this script
 
@@ -335,7 +341,7 @@ def build_table(results: dict[tuple[str, str], dict], settings: Settings, comman
         f"Versions: {versions()}.",
         "",
         f"`{settings.env_id}`, {settings.steps:,} env steps per solver, seed {settings.seed}, "
-        f"{settings.steps_per_epoch:,} steps per epoch, {settings.num_envs} envs in subprocesses, "
+        f"{settings.steps_per_epoch:,} steps per epoch, {envs_phrase(settings.num_envs)}, "
         f"networks {list(settings.hidden_sizes)} {settings.activation}, cost limit {settings.cost_limit:g}, one torch "
         f"thread per run; other settings are each library's defaults. Runs alternated between the libraries.",
         "",
@@ -415,8 +421,13 @@ def main() -> None:
     parser.add_argument("--cost-limit", type=float, default=25.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-episodes", type=int, default=10)
+    names = sorted({name for pair in PAIRS for name in pair})
+    parser.add_argument(
+        "--solvers", nargs="+", choices=names, default=None, help="only the pairs with these solvers (default: all)"
+    )
     parser.add_argument("--results-dir", type=Path, default=REPO / "benchmarks" / "results" / "omnisafe")
     parser.add_argument("--out", type=Path, default=None, help="Markdown file to update (e.g. BENCHMARKS.md)")
+    parser.add_argument("--section", default="omnisafe", help="key of the section of --out to write")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # library:solver, run in a child process
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -437,7 +448,8 @@ def main() -> None:
     args.results_dir = args.results_dir.resolve()
     args.results_dir.mkdir(parents=True, exist_ok=True)
     results: dict[tuple[str, str], dict] = {}
-    for library, solver in run_order(PAIRS):
+    pairs = tuple(p for p in PAIRS if args.solvers is None or set(p) & set(args.solvers))
+    for library, solver in run_order(pairs):
         path = args.results_dir / f"{library}-{solver}.json"
         result = load_result(path, settings)
         if result is None:
@@ -460,11 +472,11 @@ def main() -> None:
             flush=True,
         )
         if args.out is not None:  # after every run, so that a long benchmark shows its rows as they come
-            write_table(args.out, results, settings)
-    print(write_table(args.out, results, settings))
+            write_table(args.out, args.section, results, settings)
+    print(write_table(args.out, args.section, results, settings))
 
 
-def write_table(out: Path | None, results: dict[tuple[str, str], dict], settings: Settings) -> str:
+def write_table(out: Path | None, section: str, results: dict[tuple[str, str], dict], settings: Settings) -> str:
     import torch
 
     from report import update_section  # benchmarks/report.py, beside this script
@@ -475,7 +487,8 @@ def write_table(out: Path | None, results: dict[tuple[str, str], dict], settings
     )
     table = build_table(results, settings, command.strip())
     if out is not None:
-        update_section(out, "omnisafe", "Side by side with OmniSafe", table)
+        title = "Side by side with OmniSafe" + ("" if section == "omnisafe" else f" ({section})")
+        update_section(out, section, title, table)
     return table
 
 
