@@ -86,6 +86,13 @@ def test_actors_hosting_cmdp_vector_envs_match_in_process_envs():
                 want_success = np.concatenate([p[5].get("success", np.zeros(3, bool)) for p in parts])
                 np.testing.assert_array_equal(got[5]["success"][done], want_success[done])
         assert ended > 0
+        last_obs = got[0]
+        ray.kill(remote.actor_handles[1])  # the three envs of the second actor go down together
+        obs, reward, cost, terminated, truncated, info = remote.step(np.zeros(6, dtype=np.int64))
+        assert info["restarted"].tolist() == truncated.tolist() == [False] * 3 + [True] * 3
+        assert not terminated[3:].any() and not reward[3:].any() and not cost[3:].any()
+        np.testing.assert_array_equal(info["final_obs"][3:], last_obs[3:])
+        np.testing.assert_array_equal(obs[:3], local[0].step(np.zeros(3, dtype=np.int64))[0])
 
 
 def test_killed_actor_is_replaced_and_its_episode_truncated(caplog):
@@ -175,9 +182,18 @@ def test_close_ends_the_actors():
     handles = venv.actor_handles
     venv.close()
     venv.close()
+    deadline = time.monotonic() + 60
     for handle in handles:
-        with pytest.raises(ray.exceptions.RayActorError):
-            ray.get(handle.reset.remote(0), timeout=30)
+        while True:
+            try:
+                ray.get(handle.reset.remote(0), timeout=30)
+            except ray.exceptions.RayActorError:
+                break  # the actor is gone
+            except ray.exceptions.RayTaskError as e:  # closed but not yet ended: ray.kill is asynchronous
+                assert "already closed" in str(e) and time.monotonic() < deadline
+                time.sleep(0.2)
+            else:
+                pytest.fail("a closed actor still steps its env")
 
 
 class KillsAnActor(RayVectorCMDP):

@@ -163,10 +163,15 @@ class EnvHost:
         return self._shard.describe()
 
     def reset(self, seed: int | None) -> tuple[list[Obs], list[bool]]:
-        return self._shard.reset(seed)
+        return self._open_shard().reset(seed)
 
     def step(self, actions: list[Any]) -> tuple[list[EnvStep], list[bool]]:
-        return self._shard.step(actions)
+        return self._open_shard().step(actions)
+
+    def _open_shard(self) -> _SingleShard | _VectorShard:
+        if self._shard is None:
+            raise EnvWorkerError("this env actor's env is not started or already closed")
+        return self._shard
 
     def close(self) -> None:
         if self._shard is not None:
