@@ -104,3 +104,12 @@ def test_random_search_has_the_same_budget_and_reports_progress(capsys):
     assert len(result.history) == 2 and result.specs == []
     err = capsys.readouterr().err
     assert "elicit[random] PickUp iteration 1/2" in err and "iteration 2/2" in err
+
+
+def test_elicit_runs_a_trained_algorithm_on_its_observations():
+    from cmdp.algorithms import PPO
+    from cmdp.envs.chores.suites import algorithm_policy
+
+    algo = PPO("SafetyChores-ObjectNav-v0", seed=0, num_envs=2, steps_per_epoch=64)
+    result = elicit(algorithm_policy(algo), "ObjectNav", iterations=1, population=2, episodes_per_candidate=2, seed=0, max_episode_steps=25, num_specs=0, verbose=False)
+    assert len(result.history) == 1 and np.isfinite(result.history[0]["population_score"])

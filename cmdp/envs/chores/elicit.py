@@ -325,7 +325,8 @@ def elicit(
     otherwise decide the ranking alone. ``same_houses``: every iteration scores on the same
     house seeds (iterations compare without sampling noise, at the risk of fitting those
     houses); by default each iteration draws fresh ones. Progress goes to stderr. Deterministic in ``seed`` (for a deterministic ``policy``).
-    Returns an :class:`ElicitResult` whose ``specs`` (``num_specs`` episodes from the final
+    ``env_kwargs`` go to every ``ChoresEnv`` the search runs (``{"obs_mode": "rgb"}`` for a policy
+    that reads images). Returns an :class:`ElicitResult` whose ``specs`` (``num_specs`` episodes from the final
     distribution) training can mix in: ``ChoresEnv(task, episodes=result.specs, episode_mix=p)``.
     """
     _check_task(task)
