@@ -263,7 +263,7 @@ def generate_demos(
     write_json(manifest_path, manifest)
 
     sizes = [min(shard_size, episodes - k * shard_size) for k in range(num_shards)]
-    finished = [k for k in range(num_shards) if _shard_ok(_shard_path(out_dir, k), task, k, sizes[k], settings)]
+    finished = [k for k in range(num_shards) if _shard_ok(_shard_path(out_dir, k), k, sizes[k], settings)]
     bar = _Progress(f"demos {task}", episodes, done=sum(sizes[k] for k in finished), enabled=progress)
     if finished:
         log.info("%s: %d of %d shards already recorded, skipping them", out_dir, len(finished), num_shards)
@@ -285,7 +285,7 @@ def generate_demos(
     return out_dir
 
 
-def _shard_ok(path: Path, task: str, index: int, size: int, settings: Mapping[str, Any]) -> bool:
+def _shard_ok(path: Path, index: int, size: int, settings: Mapping[str, Any]) -> bool:
     """Whether shard ``index`` exists, is readable and was made with these settings."""
     if not path.exists():
         return False
@@ -771,3 +771,53 @@ def evaluate_policy(
     finally:
         algo.close()
     return result
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """``python -m cmdp.isa.imitation --out DIR``: demonstrations, behaviour cloning and the
+    IL policy's evaluation in one resumable run (``DIR/demos``, ``DIR/bc``, ``DIR/il_eval.json``).
+    Rerunning the same command continues where it stopped."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m cmdp.isa.imitation", description=main.__doc__)
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--task", default="Fetch")
+    p.add_argument("--episodes", type=int, default=1200, help="expert episodes to record")
+    p.add_argument("--num-envs", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, nargs=2, default=(64, 64))
+    p.add_argument("--action-noise", type=float, default=0.1)
+    p.add_argument("--steps", type=int, default=3000, help="behaviour-cloning gradient steps")
+    p.add_argument("--batch-segments", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--eval-episodes", type=int, default=None, help="default: the whole evaluation set")
+    p.add_argument("--eval-split", default="eval", choices=("eval", "train"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = Path(args.out)
+    demo_dir = generate_demos(
+        args.task, args.episodes, args.num_envs, args.seed, out / "demos", tuple(args.image_size),
+        action_noise=args.action_noise,
+    )  # fmt: skip
+    stats = demo_statistics(demo_dir)
+    print(f"expert demonstrations: {json.dumps(stats)}", flush=True)
+    policy, history = train_bc(
+        demo_dir, VLAConfig(), out / "bc", steps=args.steps, batch_segments=args.batch_segments, lr=args.lr,
+        seed=args.seed, torch_threads=args.threads,
+    )  # fmt: skip
+    print(f"behaviour cloning: final loss {history[-1]['loss']:.3f}, accuracy {history[-1]['accuracy']:.3f}", flush=True)
+    result = evaluate_policy(
+        policy, args.task, split=args.eval_split, episodes=args.eval_episodes, seed=args.seed + 1
+    )
+    report = {"expert": stats, "bc": history[-1], "il_policy": result, "split": args.eval_split}
+    write_json(out / "il_eval.json", report)
+    print(f"IL policy on {args.task} ({args.eval_split}): {json.dumps(result)}", flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    main()
