@@ -111,7 +111,7 @@ class ChoresEnv(VectorCMDP):
         success_reward: float = 10.0,
         reward_shaping: float = 0.0,
         house_params: HouseParams | Mapping[str, Any] | None = None,
-        num_train_houses: int = 10_000,
+        num_train_houses: int = 1_000,
         dynamics: DynamicsNoise | Mapping[str, float] | None = None,
         paraphrase: bool = False,
         render_mode: str | None = None,

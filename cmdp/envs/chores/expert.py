@@ -20,7 +20,7 @@ from collections import OrderedDict
 import numpy as np
 
 from cmdp.envs.chores import catalog as cat
-from cmdp.envs.chores.episodes import EpisodeSpec, goal_cells, goal_distance
+from cmdp.envs.chores.episodes import EpisodeSpec, field_key, goal_cells, goal_distance
 from cmdp.envs.chores.geometry import wrap_angle
 from cmdp.envs.chores.house import GRID_RES, HouseGrid, _free_mask, grid_of
 
@@ -38,7 +38,7 @@ _SAFE_FIELDS: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
 
 def _safe_field(spec: EpisodeSpec) -> np.ndarray:
     """Distance field on a grid with extra clearance and floor objects as obstacles."""
-    key = (spec.house.key, spec.task, spec.target_category, spec.target_index)
+    key = field_key(spec) + (spec.house.obj_pos[spec.house.obj_support < 0].round(3).tobytes(),)
     field_ = _SAFE_FIELDS.get(key)
     if field_ is not None:
         return field_
@@ -69,7 +69,7 @@ TIGHT_CLEARANCE = -0.035  # the shortest path hugs walls and furniture to within
 
 def _tight_field(spec: EpisodeSpec) -> np.ndarray:
     """Distance field for the shortest-path expert: the truly shortest path, hugging corners."""
-    key = (spec.house.key, spec.task, spec.target_category, spec.target_index)
+    key = field_key(spec)
     field_ = _TIGHT_FIELDS.get(key)
     if field_ is None:
         grid = HouseGrid(spec.house, clearance=TIGHT_CLEARANCE)

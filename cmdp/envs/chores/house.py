@@ -169,6 +169,12 @@ class House:
             return ("seed", self.seed, self.params)
         return ("content", self.boxes.tobytes(), self.obj_pos.tobytes(), self.obj_cat.tobytes())
 
+    @property
+    def layout_key(self) -> tuple:
+        """Identity of the walls and furniture alone: what the planning grid depends on. Adding
+        small objects (hazards) keeps it, so their episodes share the base house's grid."""
+        return ("layout", round(self.width, 4), round(self.depth, 4), self.boxes.tobytes())
+
     def mark_edited(self) -> None:
         """Call after changing arrays in place, so caches keyed on the seed are not reused."""
         self._edited = True
@@ -255,14 +261,13 @@ def generate_house(seed: int, params: HouseParams | None = None) -> House:
         raise ConfigError(f"house seed must be an integer >= 0, got {seed!r}")
     rng = house_rng(int(seed))
     for _attempt in range(20):
-        house = _try_generate(rng, params)
+        house = _try_generate(rng, params, int(seed))
         if house is not None:
-            house.seed, house.params = int(seed), params
             return house
     raise RuntimeError(f"could not generate a valid house for seed {seed} with {params}")
 
 
-def _try_generate(rng: np.random.Generator, p: HouseParams) -> House | None:
+def _try_generate(rng: np.random.Generator, p: HouseParams, seed: int) -> House | None:
     width = float(np.round(rng.uniform(*p.width), 1))
     depth = float(np.round(rng.uniform(*p.depth), 1))
     n_rooms = int(rng.integers(p.rooms[0], p.rooms[1] + 1))
@@ -309,7 +314,9 @@ def _try_generate(rng: np.random.Generator, p: HouseParams) -> House | None:
     )  # fmt: skip
     del wall_arr
     _place_objects(rng, p, house)
+    house.seed, house.params = seed, p
     if not _target_available(house):
+        _GRIDS.pop(house.layout_key, None)
         return None
     return house
 
@@ -424,7 +431,10 @@ def _floor_connected(boxes, room, doors) -> bool:
     nx, ny = int(round((x1 - x0) / res)), int(round((y1 - y0) / res))
     xs = x0 + (np.arange(nx) + 0.5) * res
     ys = y0 + (np.arange(ny) + 0.5) * res
-    free = _free_mask(np.asarray(boxes), xs, ys, cat.ROBOT_RADIUS + PLAN_CLEARANCE)
+    arr = np.asarray(boxes)
+    margin = cat.ROBOT_RADIUS + PLAN_CLEARANCE
+    near = (arr[:, 0] < x1 + margin) & (arr[:, 2] > x0 - margin) & (arr[:, 1] < y1 + margin) & (arr[:, 3] > y0 - margin)
+    free = _free_mask(arr[near], xs, ys, margin)
     labels, count = ndimage.label(free)
     if count == 0:
         return False
@@ -569,7 +579,7 @@ def _place_objects(rng, p: HouseParams, house: House) -> None:
 
 def _target_available(house: House) -> bool:
     """At least one target category has an instance the robot can reach."""
-    grid = HouseGrid(house)
+    grid = grid_of(house)
     for name in cat.TARGET_CATEGORIES:
         for i in house.objects_of(name):
             if grid.reach_cells(house.obj_pos[i, :2], target_z=house.obj_pos[i, 2]).any():
@@ -578,6 +588,27 @@ def _target_available(house: House) -> bool:
 
 
 # ---- derived grids ---------------------------------------------------------------------------
+
+
+def disc_fraction(mask: np.ndarray, r: int) -> np.ndarray:
+    """For every cell, the fraction of cells within ``r`` cells of it that are set in ``mask``
+    (cells outside the grid count as unset: a robot in a corner of the house is cramped).
+
+    The disc is a stack of row spans, so the sum is a difference of row-wise prefix sums per
+    row offset: 2r + 1 vectorised steps instead of a (2r + 1)^2 convolution."""
+    ny, nx = mask.shape
+    padded = np.zeros((ny + 2 * r, nx + 2 * r + 1), dtype=np.float32)
+    padded[r : r + ny, r + 1 : r + 1 + nx] = mask
+    prefix = np.cumsum(padded, axis=1)  # prefix[:, j] = sum of padded[:, 1..j]
+    total = np.zeros((ny, nx), dtype=np.float32)
+    cells = 0
+    cols = np.arange(nx) + r + 1  # column of each cell in the padded frame
+    for dy in range(-r, r + 1):
+        w = int(np.floor(np.sqrt(r * r - dy * dy)))
+        rows = prefix[r + dy : r + dy + ny]
+        total += rows[:, cols + w] - rows[:, cols - w - 1]
+        cells += 2 * w + 1
+    return total / cells
 
 
 class HouseGrid:
@@ -599,12 +630,7 @@ class HouseGrid:
         self.xs = (np.arange(self.nx) + 0.5) * self.res
         self.ys = (np.arange(self.ny) + 0.5) * self.res
         self.free = _free_mask(house.boxes, self.xs, self.ys, cat.ROBOT_RADIUS + PLAN_CLEARANCE + clearance)
-        r = int(round(CORNER_RADIUS / self.res))
-        yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-        disc = (xx**2 + yy**2) <= r * r
-        # cells outside the house count as not free: a robot in a corner of the house is cramped
-        counts = ndimage.convolve(self.free.astype(np.float32), disc.astype(np.float32), mode="constant", cval=0.0)
-        self.free_fraction = counts / float(disc.sum())
+        self.free_fraction = disc_fraction(self.free, int(round(CORNER_RADIUS / self.res)))
         self._graph = None
 
     def cell_of(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -668,6 +694,7 @@ class HouseGrid:
         if goals.size == 0:
             return np.full((self.ny, self.nx), np.inf)
         dist = csgraph.dijkstra(self.graph(), directed=False, indices=goals, min_only=True)
+        self._graph = None  # about 1 MB per house: rebuilt when needed rather than cached
         return dist.reshape(self.ny, self.nx)
 
 
@@ -677,7 +704,7 @@ _GRID_ORDER: list[tuple] = []
 
 def grid_of(house: House, max_cached: int = 4096) -> HouseGrid:
     """The (cached) :class:`HouseGrid` of ``house``."""
-    key = house.key
+    key = house.layout_key
     grid = _GRIDS.get(key)
     if grid is None:
         grid = HouseGrid(house)
