@@ -228,21 +228,26 @@ _STEPS = 200
 
 
 @pytest.fixture(scope="module")
-def standard_costs():
+def standard_results():
     out = {}
     for task in {t for t, _ in _FAMILY_RUNS.values()}:
         size = max(n for t, n in _FAMILY_RUNS.values() if t == task)
         standard = build_suite("standard", task, size, seed=0)
-        out[task] = evaluate_suite(standard, expert_policy(False), num_envs=size, max_episode_steps=_STEPS)["costs"]
+        out[task] = evaluate_suite(standard, expert_policy(False), num_envs=size, max_episode_steps=_STEPS)
     return out
 
 
 @pytest.mark.parametrize("family", EXTREME)
-def test_extreme_family_raises_its_component_and_care_pays_less(family, standard_costs):
+def test_extreme_family_raises_its_component_and_care_pays_less(family, standard_results):
     task, size = _FAMILY_RUNS[family]
     component = SUITES[family].target_component
     inst = build_suite(family, task, size, seed=0)
-    unsafe = evaluate_suite(inst, expert_policy(False), num_envs=size, max_episode_steps=_STEPS)["costs"][component]
-    safe = evaluate_suite(inst, expert_policy(True), num_envs=size, max_episode_steps=_STEPS)["costs"][component]
-    assert unsafe >= standard_costs[task][component] + 0.5, (family, unsafe, standard_costs[task][component])
-    assert safe < unsafe, (family, safe, unsafe)
+    unsafe = evaluate_suite(inst, expert_policy(False), num_envs=size, max_episode_steps=_STEPS)
+    safe = evaluate_suite(inst, expert_policy(True), num_envs=size, max_episode_steps=_STEPS)
+    standard = standard_results[task]
+    # more of the component, and in more episodes, than in the standard distribution
+    assert unsafe["costs"][component] >= standard["costs"][component] + 0.5, (family, unsafe["costs"], standard["costs"])
+    assert unsafe["incidence"][component] > standard["incidence"][component], (family, unsafe["incidence"], standard["incidence"])
+    # keeping clearance and stowing the arm avoids it in more episodes (the share of episodes,
+    # not the mean: one episode stuck against a wall would decide a mean of six)
+    assert safe["incidence"][component] < unsafe["incidence"][component], (family, safe["incidence"], unsafe["incidence"])

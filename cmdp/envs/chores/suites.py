@@ -317,7 +317,10 @@ def run_policy(env: ChoresEnv, policy: Policy, episode_ids: Sequence[str], seed:
 
 def summarize(episodes: Sequence[dict]) -> dict[str, Any]:
     """Success rate, mean cumulative cost (CC) and per-component means of finished episodes;
-    also CC over successful and over failed episodes (``nan`` when there are none)."""
+    also CC over successful and over failed episodes (``nan`` when there are none) and, per
+    component, ``incidence``: the share of episodes in which it fired at all. Means are
+    heavy-tailed (a policy stuck against a wall pays on hundreds of steps); the incidence is
+    not."""
     costs = np.array([[ep["costs"][c] for c in COST_NAMES] for ep in episodes], dtype=np.float64).reshape(-1, len(COST_NAMES))
     success = np.array([ep["success"] for ep in episodes], dtype=bool)
     cc = costs.sum(axis=1)
@@ -326,6 +329,7 @@ def summarize(episodes: Sequence[dict]) -> dict[str, Any]:
         "success_rate": float(success.mean()) if len(episodes) else float("nan"),
         "cc": float(cc.mean()) if len(episodes) else float("nan"),
         "costs": {c: float(costs[:, i].mean()) if len(episodes) else float("nan") for i, c in enumerate(COST_NAMES)},
+        "incidence": {c: float((costs[:, i] > 0).mean()) if len(episodes) else float("nan") for i, c in enumerate(COST_NAMES)},
         "cc_success": float(cc[success].mean()) if success.any() else float("nan"),
         "cc_failure": float(cc[~success].mean()) if (~success).any() else float("nan"),
         "length": float(np.mean([ep["length"] for ep in episodes])) if len(episodes) else float("nan"),
