@@ -189,6 +189,7 @@ def test_cli_assures_a_ppolag_checkpoint(ppolag_run, tmp_path, capsys):
     assert code == 0, captured.err
     data = json.loads((out / "assurance.json").read_text())
     assert data["policy"] == ppolag_run.name and "PPOLag" in data["source"]
+    assert "assure: [2/2]" in captured.err and ("assure: GIFs 1-" in captured.err) == bool(data["worst_episodes"])
     assert data["episodes"] == 3 and data["suites"]["dynamics"]["episodes"] == 2
     for worst in data["worst_episodes"]:  # a sampling policy replays exactly too (torch seeded)
         assert worst["replay_exact"] is True

@@ -876,12 +876,13 @@ def assure(
         **report_options,
     )  # fmt: skip
     named = _named_policies(policies, config)
+    notes = Progress(enabled=config.progress)
     try:
-        report, sets = measure(named, config, eval_episodes=eval_episodes)
+        report, sets = measure(named, config, eval_episodes=eval_episodes, progress=notes)
         if out_dir is not None:
             from cmdp.isa.report import write_report
 
-            write_report(report, out_dir, policies=named, sets=sets)
+            write_report(report, out_dir, policies=named, sets=sets, note=notes.note)
     finally:
         for policy in named.values():
             close = getattr(policy, "close", None)
@@ -914,10 +915,13 @@ def _named_policies(policies: Mapping[str, Policy | str] | Sequence[Policy | str
 
 
 def measure(
-    policies: Mapping[str, Policy], config: AssureConfig, eval_episodes: Sequence[Any] | None = None
+    policies: Mapping[str, Policy],
+    config: AssureConfig,
+    eval_episodes: Sequence[Any] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[AssuranceReport, dict[str, EpisodeSet]]:
     """Run every policy on the evaluation set and each suite of ``config``; no files written."""
-    progress = Progress(enabled=config.progress)
+    progress = progress or Progress(enabled=config.progress)
     t0 = time.perf_counter()
     sets = {EVAL_SET: evaluation_set(config.task, config.episodes, eval_episodes)}
     size = config.suite_episodes or len(sets[EVAL_SET].specs)

@@ -36,7 +36,7 @@ import platform
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -63,17 +63,18 @@ def write_report(
     *,
     policies: Mapping[str, Policy] | None = None,
     sets: Mapping[str, EpisodeSet] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Write every file of the report to ``out_dir``; returns ``report.files`` (kind -> path).
 
     GIFs need the ``policies`` and episode ``sets`` that were measured (they are replayed);
-    without them, or with ``gifs=0``, none are made."""
+    without them, or with ``gifs=0``, none are made. ``note`` receives progress lines."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report.out_dir = out
     files: dict[str, Any] = {}
     if policies is not None and sets is not None and report.config.gifs > 0:
-        files["gifs"] = write_gifs(report, policies, sets, out / "gifs")
+        files["gifs"] = write_gifs(report, policies, sets, out / "gifs", note=note)
     plots = out / "plots"
     files["cost_histograms"] = plot_cost_histograms(report, plots / "cost_histograms.png")
     files["cost_components"] = plot_components(report, plots / "cost_components.png")
@@ -336,7 +337,11 @@ def plot_sets(report: AssuranceReport, path: Path) -> Path:
 
 
 def write_gifs(
-    report: AssuranceReport, policies: Mapping[str, Policy], sets: Mapping[str, EpisodeSet], out_dir: Path
+    report: AssuranceReport,
+    policies: Mapping[str, Policy],
+    sets: Mapping[str, EpisodeSet],
+    out_dir: Path,
+    note: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Replay each policy's worst-cost episodes (one replay per policy and set) and write them
     as GIFs; records each GIF's path and ``replay_exact`` on its :class:`WorstEpisode`."""
@@ -344,11 +349,14 @@ def write_gifs(
 
     cfg = report.config
     written: list[Path] = []
+    total = sum(len(r.worst) for r in report.policies.values())
     for name, result in report.policies.items():
         by_set: dict[str, list[WorstEpisode]] = {}
         for w in result.worst:
             by_set.setdefault(w.set_name, []).append(w)
         for set_name, targets in by_set.items():
+            if note is not None:
+                note(f"assure: GIFs {len(written) + 1}-{len(written) + len(targets)} of {total}: replaying {name} on {set_name}")
             frames = replay_frames(
                 policies[name], sets[set_name], targets, num_envs=cfg.num_envs, seed=cfg.seed,
                 obs_mode=cfg.obs_mode, size=cfg.gif_size, max_frames=cfg.gif_max_frames,
