@@ -118,3 +118,23 @@ def test_behaviour_cloning_resumes_exactly(demo_dir, tmp_path):
     assert log_straight == log_resumed
     with pytest.raises(ConfigError, match="other settings"):
         train_bc(demo_dir, TINY, tmp_path / "b", steps=6, **(args | {"lr": 2e-3}))
+
+
+def test_dagger_round_records_expert_labels_on_the_policy_s_own_states(demo_dir, specs, tmp_path):
+    torch.manual_seed(0)
+    driver = VLAPolicy(*spaces_from_signature(IO), 5, TINY)
+    args = DEMO_ARGS | {"episodes": 2, "max_episode_steps": 20}
+    for out in (tmp_path / "a", tmp_path / "b"):
+        generate_demos(out_dir=out, episode_list=specs[:2], driver=driver, progress=False, **args)
+    a, b = load_demos(tmp_path / "a"), load_demos(tmp_path / "b")
+    assert np.array_equal(a.executed, b.executed) and np.array_equal(a.obs["rgb_nav"], b.obs["rgb_nav"])  # seeded
+    assert (a.actions != a.executed).mean() > 0.5  # an untrained policy rarely does what the expert would
+    for off, n in zip(a.offsets, a.lengths):
+        assert np.array_equal(a.obs["last_action"][off + 1 : off + n], a.executed[off : off + n - 1])
+    both = load_demos([demo_dir, tmp_path / "a"], only_success=True)
+    expert = load_demos(demo_dir, only_success=True)
+    # the policy's episodes are kept whatever their outcome: their labels are the corrections
+    assert both.num_episodes == expert.num_episodes + a.num_episodes
+    with pytest.raises(ConfigError, match="other settings"):
+        generate_demos(out_dir=tmp_path / "a", episode_list=specs[:2], driver=driver, driver_prob=0.5,
+                       progress=False, **args)  # fmt: skip

@@ -13,7 +13,9 @@ inherits the expert's unsafe habits, which is what safe RL then has to remove. H
     Optional ``action_noise`` executes a random motion instead of the expert's action with that
     probability while still recording the expert's action as the label (DART-style noise
     injection: the demonstrations then show how to recover from small mistakes, the main weakness
-    of plain behaviour cloning).
+    of plain behaviour cloning). With ``driver=policy`` the policy chooses what runs (with
+    probability ``driver_prob``) and the expert only labels: one round of DAgger, whose data
+    :func:`train_bc` aggregates with the expert's own (``train_bc([expert_dir, dagger_dir])``).
 
 :func:`train_bc`
     behaviour cloning of a :class:`~cmdp.policies.vla.VLAPolicy`: cross-entropy on the expert's
@@ -47,7 +49,7 @@ import torch
 from cmdp.algorithms import checkpoint as ckpt
 from cmdp.algorithms.config import Config, option
 from cmdp.errors import CheckpointError, ConfigError
-from cmdp.policies.vla import OBS_KEYS, VLAConfig, VLAPolicy, load_strict, read_weights_file
+from cmdp.policies.vla import OBS_KEYS, VLAConfig, VLAPolicy, load_strict, read_weights_file, spaces_from_signature
 from cmdp.runlog import write_json
 
 log = logging.getLogger("cmdp")
@@ -186,6 +188,39 @@ class _Progress:
                 sys.stderr.write("\n")
 
 
+class _Driver:
+    """A policy acting in the demonstration envs (DAgger), with its own KV cache and a torch
+    generator seeded per shard, so a shard's data depends only on its seed."""
+
+    def __init__(self, policy: VLAPolicy, num_envs: int, seed: int) -> None:
+        from cmdp.policies.encoders import obs_to_tensor
+
+        self.policy, self.to_tensor = policy, obs_to_tensor
+        self.space, _ = spaces_from_signature(policy.io)
+        self.state = policy.initial_state(num_envs)
+        self.episode_start = np.ones(num_envs, dtype=bool)
+        self.seed = seed
+
+    def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        with torch.no_grad(), torch.random.fork_rng():
+            torch.manual_seed(self.seed)
+            self.seed += 1
+            out = self.policy.act(self.to_tensor(obs, self.space), self.state, torch.from_numpy(self.episode_start))
+            action = out.dist.sample()
+        self.state = out.state
+        return self.policy.to_env_action(action)
+
+
+def _weights_fingerprint(policy: torch.nn.Module) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in policy.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 _NOISE_ACTIONS = ("m", "b", "l", "r", "ls", "rs", "zp", "zm", "yp", "ym")
 
 
@@ -200,6 +235,8 @@ def generate_demos(
     shard_size: int = 25,
     episode_list: Sequence[Any] | None = None,
     action_noise: float = 0.0,
+    driver: VLAPolicy | None = None,
+    driver_prob: float = 1.0,
     max_episode_steps: int | None = None,
     progress: bool = True,
 ) -> Path:
@@ -217,6 +254,9 @@ def generate_demos(
             to demonstrate, cycled in order; default: fresh training episodes.
         action_noise: probability of executing a random motion instead of the expert's action
             (the expert's action stays the label).
+        driver: a policy whose sampled actions run instead of the expert's with probability
+            ``driver_prob`` (DAgger: the expert labels the states the policy visits).
+        driver_prob: see ``driver``.
         max_episode_steps: time limit (default: the env's training horizon, 500).
         progress: print a progress line.
     """
@@ -229,8 +269,9 @@ def generate_demos(
     for name, (value, lo) in counts.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < lo:
             raise ConfigError(f"{name} must be an integer >= {lo}, got {value!r}")
-    if not 0.0 <= float(action_noise) <= 1.0:
-        raise ConfigError(f"action_noise must be a probability in [0, 1], got {action_noise!r}")
+    for name, prob in (("action_noise", action_noise), ("driver_prob", driver_prob)):
+        if not 0.0 <= float(prob) <= 1.0:
+            raise ConfigError(f"{name} must be a probability in [0, 1], got {prob!r}")
     image_size = tuple(int(v) for v in image_size)
     specs = specs_from(episode_list) if episode_list is not None else None
     if specs is not None and not specs:
@@ -247,6 +288,7 @@ def generate_demos(
         "action_noise": float(action_noise),
         "max_episode_steps": max_episode_steps,
         "episode_list": _list_fingerprint(specs),
+        "driver": None if driver is None else {"weights": _weights_fingerprint(driver), "prob": float(driver_prob)},
     }
     manifest_path = out_dir / MANIFEST
     if manifest_path.exists():
@@ -274,7 +316,7 @@ def generate_demos(
         if specs is not None:
             shard_specs = [specs[(k * shard_size + j) % len(specs)] for j in range(sizes[k])]
         arrays = _record_shard(task, sizes[k], min(num_envs, sizes[k]), _shard_seed(seed, k), image_size, shard_specs,
-                               float(action_noise), max_episode_steps, bar)  # fmt: skip
+                               float(action_noise), driver, float(driver_prob), max_episode_steps, bar)  # fmt: skip
         arrays["meta"] = np.array(json.dumps(dict(settings, shard=k, shard_episodes=sizes[k])))
         path = _shard_path(out_dir, k)
         partial = path.with_name(path.name + ".partial")  # a killed run leaves no half shard behind
@@ -311,6 +353,8 @@ def _record_shard(
     image_size: tuple[int, int],
     specs: list | None,
     action_noise: float,
+    driver: VLAPolicy | None,
+    driver_prob: float,
     max_episode_steps: int | None,
     bar: _Progress,
 ) -> dict[str, np.ndarray]:
@@ -332,10 +376,14 @@ def _record_shard(
     obs, _ = env.reset(seed=seed)
     expert = ShortestPathExpert(env, seed=seed)
     done_before = bar.done
+    drive = _Driver(driver, num_envs, seed) if driver is not None else None
     try:
         while (recorded < quota).any():
             expert_action = expert.act()
             executed = expert_action.copy()
+            if drive is not None:
+                take = rng.random(num_envs) < driver_prob
+                executed[take] = drive.act(obs)[take]
             if action_noise > 0:
                 flip = rng.random(num_envs) < action_noise
                 executed[flip] = rng.choice(noise_actions, size=int(flip.sum()))
@@ -351,6 +399,8 @@ def _record_shard(
                         "cost": np.asarray(cost[i], dtype=np.float32),
                     }
                 )
+            if drive is not None:
+                drive.episode_start = term | trunc
             for ep in info.get("episode", []):
                 i = ep["env"]
                 if recorded[i] < quota[i]:
@@ -383,19 +433,30 @@ _STEP_KEYS = tuple(f"obs_{k}" for k in OBS_KEYS) + ("actions", "executed", "rewa
 _EPISODE_KEYS = ("lengths", "success", "returns", "episode_costs", "episode_ids")
 
 
-def _shard_files(path: Path) -> tuple[dict[str, Any], list[Path]]:
-    manifest_path = path / MANIFEST
-    if not manifest_path.exists():
-        raise ConfigError(f"no demonstrations in {path} (no {MANIFEST}); run generate_demos first")
-    manifest = json.loads(manifest_path.read_text())
-    shards = [_shard_path(path, k) for k in range(manifest["num_shards"])]
-    missing = [p.name for p in shards if not p.exists()]
-    if missing:
-        raise ConfigError(
-            f"{path} is incomplete: {len(missing)} of {len(shards)} shards missing ({missing[:3]}...); "
-            "rerun generate_demos with the same settings to finish it"
-        )
-    return manifest, shards
+def _shard_files(paths: str | Path | Sequence[str | Path]) -> tuple[str, list[tuple[Path, bool]]]:
+    """The task and every shard of one or more demonstration directories, each with whether a
+    policy drove it (DAgger)."""
+    dirs = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    if not dirs:
+        raise ConfigError("no demonstration directory given")
+    tasks, shards = set(), []
+    for path in dirs:
+        manifest_path = path / MANIFEST
+        if not manifest_path.exists():
+            raise ConfigError(f"no demonstrations in {path} (no {MANIFEST}); run generate_demos first")
+        manifest = json.loads(manifest_path.read_text())
+        files = [_shard_path(path, k) for k in range(manifest["num_shards"])]
+        missing = [p.name for p in files if not p.exists()]
+        if missing:
+            raise ConfigError(
+                f"{path} is incomplete: {len(missing)} of {len(files)} shards missing ({missing[:3]}...); "
+                "rerun generate_demos with the same settings to finish it"
+            )
+        tasks.add(manifest["task"])
+        shards += [(f, manifest.get("driver") is not None) for f in files]
+    if len(tasks) > 1:
+        raise ConfigError(f"the demonstration directories hold different tasks {sorted(tasks)}")
+    return tasks.pop(), shards
 
 
 def _read_shard(path: Path, keys: Sequence[str], only_success: bool) -> dict[str, np.ndarray]:
@@ -418,16 +479,17 @@ def _read_shard(path: Path, keys: Sequence[str], only_success: bool) -> dict[str
     return arrays
 
 
-def load_demos(path: str | Path, only_success: bool = False) -> Demos:
-    """Load every shard recorded by :func:`generate_demos` in ``path``; ``only_success`` keeps
-    the successful episodes only (what :func:`train_bc` clones by default), which saves the
-    memory of the failed ones (often the longest)."""
-    path = Path(path)
-    manifest, shards = _shard_files(path)
-    parts = [_read_shard(p, _STEP_KEYS + _EPISODE_KEYS, only_success) for p in shards]
+def load_demos(paths: str | Path | Sequence[str | Path], only_success: bool = False) -> Demos:
+    """Load every shard recorded by :func:`generate_demos` in one directory or several (e.g. the
+    expert's and DAgger rounds'). ``only_success`` drops the expert's failed episodes (what
+    :func:`train_bc` does by default, which also saves their memory: they are the longest);
+    episodes a policy drove are kept whatever their outcome, since their labels are exactly the
+    corrections that policy needs."""
+    task, shards = _shard_files(paths)
+    parts = [_read_shard(p, _STEP_KEYS + _EPISODE_KEYS, only_success and not driven) for p, driven in shards]
     cat_ = lambda key: np.concatenate([p[key] for p in parts])  # noqa: E731
     return Demos(
-        task=manifest["task"],
+        task=task,
         obs={k: cat_(f"obs_{k}") for k in OBS_KEYS},
         actions=cat_("actions").astype(np.int64),
         executed=cat_("executed").astype(np.int64),
@@ -442,17 +504,17 @@ def load_demos(path: str | Path, only_success: bool = False) -> Demos:
     )
 
 
-def demo_statistics(path: str | Path) -> dict[str, Any]:
-    """The expert's record in the demonstrations at ``path`` (all episodes, failed ones too):
+def demo_statistics(path: str | Path | Sequence[str | Path]) -> dict[str, Any]:
+    """The record of whoever acted in the demonstrations at ``path`` (all episodes, failed ones too):
     episodes, steps, success rate, episode length, cumulative cost per component. Reads no
     images."""
-    manifest, shards = _shard_files(Path(path))
-    parts = [_read_shard(p, _EPISODE_KEYS, only_success=False) for p in shards]
+    task, shards = _shard_files(path)
+    parts = [_read_shard(p, _EPISODE_KEYS, only_success=False) for p, _ in shards]
     lengths = np.concatenate([p["lengths"] for p in parts])
     costs = np.concatenate([p["episode_costs"] for p in parts])
     names = [str(c) for c in parts[0]["cost_names"]]
     return {
-        "task": manifest["task"],
+        "task": task,
         "episodes": int(len(lengths)),
         "steps": int(lengths.sum()),
         "success_rate": float(np.concatenate([p["success"] for p in parts]).mean()),
@@ -542,7 +604,6 @@ def _segment_batch(demos: Demos, segs: Sequence[_Segment]) -> dict[str, Any]:
 def _policy_for(demos: Demos, config: VLAConfig) -> VLAPolicy:
     from cmdp.envs.chores import catalog as cat
     from cmdp.envs.chores import text
-    from cmdp.policies.vla import spaces_from_signature
 
     shape = demos.obs["rgb_nav"].shape[1:]
     signature = {
@@ -558,7 +619,7 @@ def _policy_for(demos: Demos, config: VLAConfig) -> VLAPolicy:
 
 
 def train_bc(
-    demos: Demos | str | Path,
+    demos: Demos | str | Path | Sequence[str | Path],
     policy_config: VLAConfig | None = None,
     out_dir: str | Path | None = None,
     *,
@@ -569,7 +630,7 @@ def train_bc(
     """Behaviour cloning of a VLA policy on expert demonstrations.
 
     Args:
-        demos: :class:`Demos` or a directory written by :func:`generate_demos`.
+        demos: :class:`Demos`, or one or more directories written by :func:`generate_demos`.
         policy_config: sizes of a new policy (default :class:`VLAConfig()`); ignored with ``policy``.
         out_dir: run directory for ``progress.csv``, ``bc_checkpoint.pt`` and the final
             ``vla.pt``; a rerun with the same settings continues from its checkpoint exactly
