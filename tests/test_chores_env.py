@@ -177,3 +177,20 @@ def test_reward_shaping_rewards_progress():
         _, r, _, _, _, _ = env.step(expert.act())
         total += r
     assert (total > 0.5).all()  # the expert made progress along its path in every env
+
+
+def test_a_listed_episode_plays_out_the_same_whatever_the_number_of_envs():
+    from cmdp.envs.chores.expert import ShortestPathExpert
+
+    specs = load_eval_set("Fetch")[:6]
+    outcomes = []
+    for n in (1, 4):
+        env = ChoresEnv("Fetch", num_envs=n, seed=0, episodes=specs, dynamics={"move_noise": 0.2, "failure_prob": 0.05})
+        env.reset(seed=0)
+        expert, got = ShortestPathExpert(env), {}
+        while len(got) < len(specs):
+            _, _, _, _, _, info = env.step(expert.act())
+            for e in info.get("episode", []):
+                got.setdefault(e["episode_id"], (e["length"], tuple(e["costs"].values())))
+        outcomes.append(got)
+    assert outcomes[0] == outcomes[1]

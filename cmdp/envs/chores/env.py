@@ -36,6 +36,7 @@ per finished env a dict with ``success``, ``length``, ``costs`` (per component),
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -51,7 +52,7 @@ from cmdp.envs.chores.episodes import (
     OBJECTNAV_SUCCESS_DISTANCE,
     EpisodeSampler,
     EpisodeSpec,
-    goal_distance,
+    goal_distance_everywhere,
     specs_from,
 )
 from cmdp.envs.chores.geometry import rotate_to_frame
@@ -163,6 +164,7 @@ class ChoresEnv(VectorCMDP):
         mo = max_objects or max([self.house_params.max_objects] + [s.house.num_objects for s in fixed or []])
         self.scene = Scene(self.num_envs, mb, mo)
         self._rng = np.random.default_rng(self._seed)
+        self._seed_base = 0 if self._seed is None else self._seed
         self.sim = ChoresSim(self.scene, self._rng, **vars(self.dynamics))
         # what counts as visible (costs, ObjectNav success) follows the navigation camera's
         # geometry in every observation mode, so an OOD camera suite changes both consistently
@@ -235,8 +237,9 @@ class ChoresEnv(VectorCMDP):
             r = int(r)
             spec = self.sampler.next(r, self._rng)
             self.specs[r] = spec
+            self.sim.row_rngs[r] = np.random.default_rng(self._episode_seed(spec))
             s.load(r, spec.house, spec.start, spec.arm)
-            self._set_grids(r, goal_distance(spec), grid_of(spec.house).free_fraction)
+            self._set_grids(r, goal_distance_everywhere(spec), grid_of(spec.house).free_fraction)
             self._targets[r] = False
             self._targets[r, spec.targets()] = True
             self._tokens[r] = text.encode(spec.instruction)
@@ -250,11 +253,19 @@ class ChoresEnv(VectorCMDP):
         self._events[rows] = 0.0
         self._ep_cost[rows] = 0.0
 
+    def _episode_seed(self, spec: EpisodeSpec) -> list[int]:
+        """Seed of an episode's random events: from the env's seed and the episode's id for
+        fixed episode lists (so a listed episode plays out the same whatever the number of envs
+        or its place in the batch), from the env's generator for fresh training episodes."""
+        if self.sampler.fixed is not None and spec.episode_id:
+            return [self._seed_base, zlib.crc32(spec.episode_id.encode())]
+        return [self._seed_base, int(self._rng.integers(2**63))]
+
     def reset(self, *, seed: int | None = None) -> tuple[Any, dict]:
         seed = check_seed("SafetyChores", seed)
         if seed is not None:
             self._rng = np.random.default_rng(seed)
-            self.sim.rng = self._rng
+            self._seed_base = seed
             self.sampler.cursor = np.arange(self.num_envs, dtype=np.int64)
         rows = np.arange(self.num_envs)
         self._start(rows)
@@ -507,6 +518,8 @@ class ChoresEnv(VectorCMDP):
             "num_envs": self.num_envs,
             "scene": self.scene.state_dict(),
             "rng": self._rng.bit_generator.state,
+            "row_rngs": [g.bit_generator.state for g in self.sim.row_rngs],
+            "seed_base": self._seed_base,
             "sampler": self.sampler.state_dict(),
             "specs": [None if sp is None else sp.to_dict() for sp in self.specs],
             "t": self._t.copy(),
@@ -542,13 +555,15 @@ class ChoresEnv(VectorCMDP):
         rng = np.random.default_rng()
         rng.bit_generator.state = dict(state["rng"])
         self._rng = rng
-        self.sim.rng = rng
+        self._seed_base = int(state["seed_base"])
+        for g, saved in zip(self.sim.row_rngs, state["row_rngs"]):
+            g.bit_generator.state = dict(saved)
         self.sampler.load_state_dict(state["sampler"])
         self.specs = [None if d is None else EpisodeSpec.from_dict(d) for d in state["specs"]]
         for r, spec in enumerate(self.specs):
             if spec is None:
                 continue
-            self._set_grids(r, goal_distance(spec), grid_of(spec.house).free_fraction)
+            self._set_grids(r, goal_distance_everywhere(spec), grid_of(spec.house).free_fraction)
             self._targets[r] = False
             self._targets[r, spec.targets()] = True
             self._tokens[r] = text.encode(spec.instruction)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from cmdp.envs.chores import catalog as cat
 from cmdp.envs.chores import text
@@ -167,6 +168,32 @@ def goal_distance(spec: EpisodeSpec, max_cached: int = 2048) -> np.ndarray:
     else:
         _FIELDS.move_to_end(key)
     return field_
+
+
+_FILLED: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+
+
+def goal_distance_everywhere(spec: EpisodeSpec, max_cached: int = 2048) -> np.ndarray:
+    """:func:`goal_distance` extended to the cells off the planning grid (closer to a wall than
+    the planning clearance, where a robot can still be): such a cell reads the distance of the
+    nearest planned cell plus the straight distance to it. What the env observes and shapes its
+    reward with, so both stay finite wherever the robot goes."""
+    key = field_key(spec)
+    filled = _FILLED.get(key)
+    if filled is None:
+        field_ = goal_distance(spec)
+        finite = np.isfinite(field_)
+        if finite.any() and not finite.all():
+            gap, (iy, ix) = ndimage.distance_transform_edt(~finite, return_indices=True)
+            filled = (field_[iy, ix] + gap * GRID_RES).astype(np.float32)
+        else:
+            filled = field_
+        _FILLED[key] = filled
+        if len(_FILLED) > max_cached:
+            _FILLED.popitem(last=False)
+    else:
+        _FILLED.move_to_end(key)
+    return filled
 
 
 # ---- sampling -------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ furniture and walls, treats floor objects as obstacles, and stows the arm while 
 from __future__ import annotations
 
 import math
+import zlib
 from collections import OrderedDict
 
 import numpy as np
@@ -90,7 +91,8 @@ class ShortestPathExpert:
     def __init__(self, env, safe: bool = False, seed: int = 0) -> None:
         self.env = env
         self.safe = safe
-        self.rng = np.random.default_rng(seed)
+        self.seed = int(seed)
+        self._rngs = [np.random.default_rng([self.seed, i]) for i in range(env.num_envs)]  # per episode
         n = env.num_envs
         self._stuck = np.zeros(n, dtype=np.int64)
         self._spec_ids = [None] * n
@@ -107,6 +109,7 @@ class ShortestPathExpert:
             spec = env.specs[r]
             if self._spec_ids[r] is not spec or env._t[r] == 0:
                 self._spec_ids[r] = spec
+                self._rngs[r] = np.random.default_rng([self.seed, zlib.crc32(spec.episode_id.encode()), int(env._t[r] == 0)])
                 self._stuck[r] = 0
                 self._plan[r] = []
                 self._approached[r] = False
@@ -173,7 +176,7 @@ class ShortestPathExpert:
         if self._stuck[r] >= 2:
             # blocked on the path (a corner, something jammed in front): back off, sidestep, retry
             self._stuck[r] = 0
-            side = A["l"] if self.rng.random() < 0.5 else A["r"]
+            side = A["l"] if self._rngs[r].random() < 0.5 else A["r"]
             other = A["r"] if side == A["l"] else A["l"]
             self._plan[r] = [side, A["m"], A["m"], other]
             return A["b"]

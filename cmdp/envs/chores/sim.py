@@ -76,10 +76,16 @@ class ChoresSim:
         failure_prob: float = 0.0,
     ) -> None:
         self.scene = scene
-        self.rng = rng
+        # one generator per env, reseeded per episode by the env: an episode's random events
+        # (noise, failed actions, jostling) do not depend on how many envs run beside it
+        self.row_rngs = [np.random.default_rng([int(rng.integers(2**63)), i]) for i in range(scene.num_envs)]
         self.move_noise = move_noise
         self.turn_noise = turn_noise
         self.failure_prob = failure_prob
+
+    def _per_row(self, rows: np.ndarray, draw) -> np.ndarray:
+        """``draw(generator)`` for each row in ``rows``, from that row's own generator."""
+        return np.array([draw(self.row_rngs[int(r)]) for r in rows], dtype=np.float64)
 
     # ---- the step -------------------------------------------------------------------------
 
@@ -96,7 +102,7 @@ class ChoresSim:
         )
         motion = cat.ACTION_MOTION[actions]
         if self.failure_prob > 0:
-            failed = self.rng.random(n) < self.failure_prob
+            failed = self._per_row(np.arange(n), lambda g: g.random()) < self.failure_prob
             motion = np.where(failed[:, None], 0.0, motion)
             ev.action_ok &= ~failed
         else:
@@ -104,10 +110,10 @@ class ChoresSim:
         fwd, turn, dext, dlift, dwrist = motion.T
         if self.move_noise > 0:
             moving = fwd != 0
-            fwd = fwd + moving * self.rng.normal(0.0, self.move_noise * cat.MOVE_STEP, n)
+            fwd = fwd + moving * self.move_noise * cat.MOVE_STEP * self._per_row(np.arange(n), lambda g: g.normal())
         if self.turn_noise > 0:
             turning = turn != 0
-            turn = turn + turning * self.rng.normal(0.0, self.turn_noise * np.abs(turn) + 1e-12, n)
+            turn = turn + turning * self.turn_noise * np.abs(turn) * self._per_row(np.arange(n), lambda g: g.normal())
         rows = np.flatnonzero((fwd != 0) | (turn != 0) | (dext != 0) | (dlift != 0))
         if rows.size:
             self._move(rows, fwd[rows], turn[rows], dext[rows], dlift[rows], ev)
@@ -395,10 +401,10 @@ class ChoresSim:
             return
         r_idx, o_idx = np.nonzero(shaken)
         rr = rows[r_idx]
-        amount = self.rng.uniform(0.02, 0.14, size=len(rr))
-        jitter = self.rng.normal(0.0, 0.02, size=(len(rr), 2))
+        draws = self._per_row(rr, lambda g: np.concatenate([g.uniform(0.02, 0.14, 1), g.normal(0.0, 0.02, 2), g.uniform(-0.35, 0.35, 1)]))
+        amount, jitter, spin = draws[:, 0], draws[:, 1:3], draws[:, 3]
         new_xy = s.obj_pos[rr, o_idx, :2] + amount[:, None] * head[r_idx] + jitter
-        s.obj_yaw[rr, o_idx] = wrap_angle(s.obj_yaw[rr, o_idx] + self.rng.uniform(-0.35, 0.35, size=len(rr)))
+        s.obj_yaw[rr, o_idx] = wrap_angle(s.obj_yaw[rr, o_idx] + spin)
         sb = s.box[rr, support[r_idx, o_idx]]
         outside = (new_xy[:, 0] < sb[:, 0]) | (new_xy[:, 0] > sb[:, 2]) | (new_xy[:, 1] < sb[:, 1]) | (new_xy[:, 1] > sb[:, 3])
         touch = np.zeros((len(rows), s.max_objects), dtype=bool)
