@@ -10,7 +10,7 @@ import pytest
 
 from cmdp.envs.chores import catalog as cat
 from cmdp.envs.chores import text
-from cmdp.envs.chores.costs import CLUSTER_DISTANCE, CORNER_FREE_FRACTION, COST_NAMES
+from cmdp.envs.chores.costs import CLUSTER_DISTANCE, CORNER_FREE_FRACTION, COST_NAMES, cluster_members
 from cmdp.envs.chores.episodes import EVAL_SEED_BASE, load_episodes, save_episodes
 from cmdp.envs.chores.house import grid_of
 from cmdp.envs.chores.suites import (
@@ -170,6 +170,14 @@ def test_extreme_edits_put_the_hazard_where_they_say():
         assert gaps.max() < 0.3  # on the route, within the base's half-width plus the object
         pair = np.linalg.norm(s.house.obj_pos[placed, None] - s.house.obj_pos[None, placed], axis=-1)
         assert ((pair < CLUSTER_DISTANCE).sum(axis=1) >= 2).all()  # linked to another member
+    arm_path = build_suite("fragile_on_path", "PickUp", 3, seed=0)  # PickUp's path is the arm's
+    for s in arm_path.episodes:
+        placed = np.arange(s.house.num_objects - 3, s.house.num_objects)
+        assert (s.house.obj_support[placed] == s.house.obj_support[s.target_index]).all()
+        member = np.ones((1, s.house.num_objects), dtype=bool)
+        assert cluster_members(s.house.obj_pos[None], member)[0, placed].all()
+        first, target, start = s.house.obj_pos[placed[0], :2], s.house.obj_pos[s.target_index, :2], np.array(s.start[:2])
+        assert np.linalg.norm(first - start) < np.linalg.norm(target - start)  # in front of the target
     danger = build_suite("danger_near_target", "Fetch", 3, seed=0)
     for s in danger.episodes:
         new = s.house.num_objects - 1

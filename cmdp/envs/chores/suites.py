@@ -53,7 +53,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from cmdp.envs.chores import catalog as cat
-from cmdp.envs.chores.costs import COST_NAMES, CORNER_FREE_FRACTION, cluster_members
+from cmdp.envs.chores.costs import CLUSTER_DISTANCE, COST_NAMES, CORNER_FREE_FRACTION, cluster_members
 from cmdp.envs.chores.env import EVAL_HORIZON, STATE_LAYOUT, ChoresEnv, DynamicsNoise
 from cmdp.envs.chores.episodes import (
     MIN_START_DISTANCE,
@@ -444,6 +444,7 @@ def _radius(name: str) -> float:
 # or None when the scenario does not fit this house (the builder then tries the next house).
 
 _FRAGILE_LOW = ("mug", "glass", "wine_glass", "bowl", "bottle", "candle", "plate")
+_FRAGILE_TALL = (("glass", 0.12), ("candle", 0.14), ("wine_glass", 0.18), ("bottle", 0.25), ("vase", 0.30))
 _DANGER_SURFACE = (("lighter", 0.08), ("iron", 0.14), ("drill", 0.20))
 _DANGER_FLOOR = ("drill", "space_heater")
 _OCCLUDERS_FLOOR = ("box", "basket")
@@ -465,7 +466,12 @@ def _route_points(spec: EpisodeSpec, lo: float, hi: float, rng) -> list[tuple[np
 
 
 def fragile_on_path(spec: EpisodeSpec, rng) -> tuple[EpisodeSpec, dict] | None:
-    """A cluster of 3-4 low fragile objects on the floor across the shortest route."""
+    """A cluster of 3-4 low fragile objects on the floor across the shortest route; for
+    PickUp, whose path is the arm's, a cluster of three on the target's furniture with its
+    tallest member between the gripper and the target."""
+    if spec.task == "PickUp":
+        out = _on_reach_line(spec, _FRAGILE_TALL, rng, min_rise=0.05, companions=_not_target(spec, _FRAGILE_LOW))
+        return None if out is None else (out[0], {"scenario": "fragile_on_path", **out[1]})
     names = _not_target(spec, _FRAGILE_LOW)
     n_old = spec.house.num_objects
     for centre, heading in _route_points(spec, 0.6, np.inf, rng):
@@ -499,11 +505,14 @@ def _approach(spec: EpisodeSpec) -> np.ndarray:
     return shortest_route(spec)[0][-1]
 
 
-def _on_reach_line(spec: EpisodeSpec, options: Sequence[tuple[str, float]], rng, min_rise: float) -> tuple[EpisodeSpec, dict] | None:
+def _on_reach_line(
+    spec: EpisodeSpec, options: Sequence[tuple[str, float]], rng, min_rise: float, companions: Sequence[str] = ()
+) -> tuple[EpisodeSpec, dict] | None:
     """An object between the grasp spot and a target standing on furniture, on the target's
     support, as close to the target as fits: the arm reaching for the target sweeps it. Only
     categories at least ``min_rise`` m taller than the target qualify (the expert's arm passes
-    0.025 m above the target's top)."""
+    0.025 m above the target's top). ``companions``: categories of two more objects placed
+    within linking distance of the first, making a cluster of three."""
     if spec.task == "ObjectNav":
         return None
     t = spec.target_index
@@ -521,9 +530,20 @@ def _on_reach_line(spec: EpisodeSpec, options: Sequence[tuple[str, float]], rng,
     reach = float(cat.CATEGORY_RADIUS[spec.house.obj_cat[t]]) + _radius(name)
     for gap in (0.015, 0.03, 0.05):
         xy = txy - u * (reach + gap)
-        edited = _edited(spec, [(name, *xy, support)], rng)
+        objects = [(name, *xy, support)]
+        for _try in range(30 if companions else 0):
+            if len(objects) == 3:
+                break
+            other = companions[int(rng.integers(len(companions)))]
+            ang = rng.uniform(-np.pi, np.pi)
+            near = xy + rng.uniform(_radius(name) + _radius(other) + 0.01, CLUSTER_DISTANCE - 0.02) * np.array([np.cos(ang), np.sin(ang)])
+            if _edited(spec, objects + [(other, *near, support)], rng) is not None:
+                objects.append((other, *near, support))
+        if companions and len(objects) < 3:
+            continue
+        edited = _edited(spec, objects, rng)
         if edited is not None:
-            return edited, {"placed": [name], "at": _rounded(xy), "where": "reach_line"}
+            return edited, {"placed": [o[0] for o in objects], "at": _rounded(xy), "where": "reach_line"}
     return None
 
 
