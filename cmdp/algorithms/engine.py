@@ -633,8 +633,7 @@ class OnPolicyAlgorithm:
         info = self.update_multipliers(stats)
         self._advantages(data)
         if self.config.lr_schedule == "linear" and self._total_steps:
-            # the fraction left at the start of this epoch, so the last epoch still learns
-            frac = max(0.0, 1.0 - (self.global_step - self.config.steps_per_epoch) / self._total_steps)
+            frac = max(0.0, 1.0 - self.global_step / self._total_steps)
             for g in self.actor_optimizer.param_groups:
                 g["lr"] = self.config.actor_lr * frac
         info |= self.update_policy(data)
