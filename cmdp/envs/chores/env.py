@@ -35,7 +35,6 @@ per finished env a dict with ``success``, ``length``, ``costs`` (per component),
 
 from __future__ import annotations
 
-import math
 import zlib
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -59,7 +58,7 @@ from cmdp.envs.chores.geometry import rotate_to_frame
 from cmdp.envs.chores.house import GRID_RES, HouseParams, grid_of
 from cmdp.envs.chores.scene import Scene
 from cmdp.envs.chores.sim import CameraGeometry, ChoresSim
-from cmdp.errors import ActionShapeError, CheckpointError, ConfigError
+from cmdp.errors import CheckpointError, ConfigError
 
 TRAIN_HORIZON = 500
 EVAL_HORIZON = 600
@@ -78,6 +77,21 @@ for _name, _size in _STATE_PARTS:
     STATE_LAYOUT[_name] = slice(_o, _o + _size)
     _o += _size
 STATE_DIM = _o
+
+
+def rgb_observation_space(image_size: tuple[int, int], horizon: int) -> gym.spaces.Dict:
+    """The VLA-style observation space of ``obs_mode="rgb"`` (shared by the AI2-THOR backend)."""
+    h, w = image_size
+    return gym.spaces.Dict(
+        {
+            "rgb_nav": gym.spaces.Box(0, 255, (h, w, 3), np.uint8),
+            "rgb_manip": gym.spaces.Box(0, 255, (h, w, 3), np.uint8),
+            "instruction": gym.spaces.Box(0, text.VOCAB_SIZE - 1, (text.MAX_TOKENS,), np.int64),
+            "holding": gym.spaces.Discrete(2),
+            "last_action": gym.spaces.Discrete(cat.NUM_ACTIONS + 1),
+            "time_step": gym.spaces.Box(0, horizon, (1,), np.int64),
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -217,17 +231,7 @@ class ChoresEnv(VectorCMDP):
     def _make_observation_space(self) -> gym.Space:
         if self.obs_mode == "state":
             return gym.spaces.Box(-10.0, 10.0, (STATE_DIM,), np.float32)
-        h, w = self.image_size
-        return gym.spaces.Dict(
-            {
-                "rgb_nav": gym.spaces.Box(0, 255, (h, w, 3), np.uint8),
-                "rgb_manip": gym.spaces.Box(0, 255, (h, w, 3), np.uint8),
-                "instruction": gym.spaces.Box(0, text.VOCAB_SIZE - 1, (text.MAX_TOKENS,), np.int64),
-                "holding": gym.spaces.Discrete(2),
-                "last_action": gym.spaces.Discrete(cat.NUM_ACTIONS + 1),
-                "time_step": gym.spaces.Box(0, self.max_episode_steps, (1,), np.int64),
-            }
-        )
+        return rgb_observation_space(self.image_size, self.max_episode_steps)
 
     # ---- episodes -------------------------------------------------------------------------
 

@@ -35,7 +35,6 @@ of every cell (the *corner* cost), and shortest-path distance fields.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping

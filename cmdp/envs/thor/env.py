@@ -119,17 +119,9 @@ def camera_image(frame: np.ndarray | None, size: tuple[int, int]) -> np.ndarray:
 
 def observation_space(settings: ThorSettings) -> gym.spaces.Dict:
     """The built-in simulator's ``obs_mode="rgb"`` space, at ``settings.image_size``."""
-    h, w = settings.image_size
-    return gym.spaces.Dict(
-        {
-            "rgb_nav": gym.spaces.Box(0, 255, (h, w, 3), np.uint8),
-            "rgb_manip": gym.spaces.Box(0, 255, (h, w, 3), np.uint8),
-            "instruction": gym.spaces.Box(0, text.VOCAB_SIZE - 1, (text.MAX_TOKENS,), np.int64),
-            "holding": gym.spaces.Discrete(2),
-            "last_action": gym.spaces.Discrete(cat.NUM_ACTIONS + 1),
-            "time_step": gym.spaces.Box(0, settings.horizon, (1,), np.int64),
-        }
-    )
+    from cmdp.envs.chores.env import rgb_observation_space
+
+    return rgb_observation_space(settings.image_size, settings.horizon)
 
 
 # ---- one env ----------------------------------------------------------------------------------
