@@ -838,9 +838,10 @@ def evaluate_policy(
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """``python -m cmdp.isa.imitation --out DIR``: demonstrations, behaviour cloning and the
-    IL policy's evaluation in one resumable run (``DIR/demos``, ``DIR/bc``, ``DIR/il_eval.json``).
-    Rerunning the same command continues where it stopped."""
+    """``python -m cmdp.isa.imitation --out DIR``: expert demonstrations (``DIR/demos``),
+    behaviour cloning (``DIR/bc``), optional DAgger rounds (``DIR/dagger<r>``, ``DIR/bc_dagger<r>``)
+    and the IL policy's evaluation (``DIR/il_eval.json``); the final policy is the ``vla.pt`` of
+    the last training stage. Rerunning the same command continues where it stopped."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m cmdp.isa.imitation", description=main.__doc__)
@@ -854,27 +855,42 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=3000, help="behaviour-cloning gradient steps")
     p.add_argument("--batch-segments", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--dagger-rounds", type=int, default=0, help="DAgger rounds after behaviour cloning")
+    p.add_argument("--dagger-episodes", type=int, default=400, help="episodes the policy drives per round")
+    p.add_argument("--dagger-prob", type=float, default=0.7, help="probability that the policy's action runs")
+    p.add_argument("--dagger-max-steps", type=int, default=300, help="time limit of the DAgger episodes")
+    p.add_argument("--dagger-steps", type=int, default=1500, help="gradient steps per round")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--eval-episodes", type=int, default=None, help="default: the whole evaluation set")
     p.add_argument("--eval-split", default="eval", choices=("eval", "train"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)
+    image_size = tuple(args.image_size)
     demo_dir = generate_demos(
-        args.task, args.episodes, args.num_envs, args.seed, out / "demos", tuple(args.image_size),
-        action_noise=args.action_noise,
-    )  # fmt: skip
+        args.task, args.episodes, args.num_envs, args.seed, out / "demos", image_size, action_noise=args.action_noise
+    )
     stats = demo_statistics(demo_dir)
     print(f"expert demonstrations: {json.dumps(stats)}", flush=True)
-    policy, history = train_bc(
-        demo_dir, VLAConfig(), out / "bc", steps=args.steps, batch_segments=args.batch_segments, lr=args.lr,
-        seed=args.seed, torch_threads=args.threads,
-    )  # fmt: skip
-    print(f"behaviour cloning: final loss {history[-1]['loss']:.3f}, accuracy {history[-1]['accuracy']:.3f}", flush=True)
-    result = evaluate_policy(
-        policy, args.task, split=args.eval_split, episodes=args.eval_episodes, seed=args.seed + 1
-    )
-    report = {"expert": stats, "bc": history[-1], "il_policy": result, "split": args.eval_split}
+    train = dict(batch_segments=args.batch_segments, lr=args.lr, torch_threads=args.threads)
+    policy, history = train_bc(demo_dir, VLAConfig(), out / "bc", steps=args.steps, seed=args.seed, **train)
+    stages = [{"stage": "bc", **history[-1]}]
+    dirs = [demo_dir]
+    for r in range(1, args.dagger_rounds + 1):
+        dirs.append(
+            generate_demos(
+                args.task, args.dagger_episodes, args.num_envs, args.seed + r, out / f"dagger{r}", image_size,
+                driver=policy, driver_prob=args.dagger_prob, max_episode_steps=args.dagger_max_steps,
+            )  # fmt: skip
+        )
+        policy, history = train_bc(
+            dirs, out_dir=out / f"bc_dagger{r}", policy=policy, steps=args.dagger_steps, seed=args.seed + r, **train
+        )
+        stages.append({"stage": f"dagger{r}", "driven": demo_statistics(dirs[-1]), **history[-1]})
+    for stage in stages:
+        print(f"{stage['stage']}: final loss {stage['loss']:.3f}, accuracy {stage['accuracy']:.3f}", flush=True)
+    result = evaluate_policy(policy, args.task, split=args.eval_split, episodes=args.eval_episodes, seed=args.seed + 1)
+    report = {"expert": stats, "stages": stages, "il_policy": result, "split": args.eval_split}
     write_json(out / "il_eval.json", report)
     print(f"IL policy on {args.task} ({args.eval_split}): {json.dumps(result)}", flush=True)
     return report
