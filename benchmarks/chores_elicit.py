@@ -11,10 +11,11 @@ random actions. The experts do not look at images, so the lighting and colour su
 the standard numbers by construction (those suites shift what ``obs_mode="rgb"`` policies see);
 the camera suite still changes what counts as seen (blind-spot cost).
 
-Part 2, elicitation: the cross-entropy method and uniform random search, at the same budget of
-candidates and episodes, look for the scene parameters where the unsafe expert pays the most
-cumulative cost; the best parameters each finds, and the training distribution
-(``ScenarioParams()``), are then scored on the same ``--holdout`` fresh episodes.
+Part 2, elicitation: the cross-entropy method (started from the training distribution, and
+from the middle of the search box) and uniform random search, at the same budget of candidates
+and episodes, look for the scene parameters where the unsafe expert pays the most cumulative
+cost; each search's answer, and the training distribution (``ScenarioParams()``), are then
+scored on the same ``--holdout`` fresh episodes.
 
 Results are cached per cell in ``benchmarks/results/chores_elicit/`` so a killed run resumes;
 with ``--out`` the tables go into that Markdown file between markers, with date and machine.
@@ -66,14 +67,16 @@ def suite_cell(task: str, name: str, policy: str, size: int, seed: int) -> dict:
 
 
 def suites_table(task: str, rows: dict, size: int) -> str:
-    head = "| suite | kind | policy | SR | CC | " + " | ".join(SHORT[c] for c in COST_NAMES) + " | target fired |"
+    head = "| suite | kind | policy | SR | steps | CC | " + " | ".join(SHORT[c] for c in COST_NAMES) + " | target fired |"
     lines = [
-        f"**{task}**, {size} episodes per suite. CC: mean cumulative cost per episode, then the mean of each component "
-        "(an extreme family's target in bold); *target fired*: share of episodes in which the target component "
-        "cost anything (means are heavy-tailed: an expert stuck against a wall pays on hundreds of steps).",
+        f"**{task}**, {size} episodes per suite, 600 steps at most. *steps*: mean episode length (the random policy "
+        "draws `end`, 1 action in 20, after about 20 steps); CC: mean cumulative cost per episode, then the mean of "
+        "each component (an extreme family's target in bold); *target fired*: share of episodes in which the target "
+        "component cost anything, in brackets the same share in the standard suite (means are heavy-tailed: an "
+        "expert stuck against a wall pays on hundreds of steps; this share is not).",
         "",
         head,
-        "|" + "---|" * (6 + len(COST_NAMES)),
+        "|" + "---|" * (7 + len(COST_NAMES)),
     ]
     for name, suite in SUITES.items():
         for policy in POLICIES:
@@ -83,8 +86,12 @@ def suites_table(task: str, rows: dict, size: int) -> str:
                 v = f"{r['costs'][c]:.2f}"
                 cells.append(f"**{v}**" if c == suite.target_component else v)
             target = suite.target_component
-            fired = f"{r['incidence'][target]:.2f}" if target else ""
-            lines.append(f"| {name} | {suite.kind} | {policy} | {r['success_rate']:.2f} | {r['cc']:.2f} | " + " | ".join(cells) + f" | {fired} |")
+            fired = f"{r['incidence'][target]:.2f} ({rows[('standard', policy)]['incidence'][target]:.2f})" if target else ""
+            lines.append(
+                f"| {name} | {suite.kind} | {policy} | {r['success_rate']:.2f} | {r['length']:.0f} | {r['cc']:.2f} | "
+                + " | ".join(cells)
+                + f" | {fired} |"
+            )
     return "\n".join(lines)
 
 
@@ -98,12 +105,11 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=6)
     parser.add_argument("--population", type=int, default=12)
     parser.add_argument("--episodes", type=int, default=6, help="episodes per candidate")
-    parser.add_argument("--holdout", type=int, default=48, help="fresh episodes scoring the parameters found")
+    parser.add_argument("--holdout", type=int, default=96, help="fresh episodes scoring the parameters found")
     parser.add_argument("--cache", type=Path, default=Path(__file__).with_name("results") / "chores_elicit")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    t_start = time.perf_counter()
     sections = []
     for task in args.tasks:
         rows = {}
@@ -116,48 +122,54 @@ def main() -> None:
 
     budget = f"{args.iterations} iterations x {args.population} candidates x {args.episodes} episodes"
     el_lines = [
-        f"Elicitation against the unsafe expert: CEM vs uniform random search, each {budget}; the best parameters "
-        f"each found and the training distribution scored on the same {args.holdout} fresh episodes (CC, each "
-        "episode's cost capped at 50 in the search score; uncapped here).",
+        f"Elicitation against the unsafe expert at one budget ({budget}, episodes cut at 300 steps): CEM started "
+        "from the training distribution, CEM started from the middle of the search box, and uniform random search. "
+        f"Each search's answer (CEM: its final mean; random: its best sample) and the training distribution are "
+        f"scored on the same {args.holdout} fresh episodes (600 steps). *score*: mean CC with each episode's cost "
+        "capped at 50, as the search ranks candidates; CC uncapped.",
         "",
-        "| task | search | population CC per iteration | best in search | held-out CC | held-out SR | best parameters (changed from training) |",
-        "|---|---|---|---|---|---|---|",
+        "| task | search | population score per iteration | best sample score | held-out score | held-out CC | held-out SR | answer (knobs away from training) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    methods = {"cem from training": ("cem", None), "cem from centre": ("cem", ScenarioParams.centre()), "random search": ("random", None)}
     for task in args.elicit_tasks:
-        default = cached(
-            args.cache / f"elicit-{task}-default-{args.holdout}-{args.seed}.json",
-            lambda: evaluate_params(expert_policy(False), task, ScenarioParams(), args.holdout, seed=10_000 + args.seed),
-        )
-        el_lines.append(f"| {task} | training distribution | | | {default['cc']:.2f} | {default['success_rate']:.2f} | |")
-        for method in ("cem", "random"):
 
-            def run(method=method, task=task):
+        def holdout(params, task=task):
+            return evaluate_params(expert_policy(False), task, params, args.holdout, seed=10_000 + args.seed, max_episode_steps=600, cost_cap=50.0)
+
+        default = cached(args.cache / f"elicit-{task}-default-{args.holdout}-{args.seed}.json", lambda: holdout(ScenarioParams()))
+        el_lines.append(
+            f"| {task} | (training distribution) | | | {default['score']:.2f} | {default['cc']:.2f} | {default['success_rate']:.2f} | |"
+        )
+        for label, (method, init) in methods.items():
+
+            def run(method=method, init=init, task=task):
                 t0 = time.perf_counter()
                 result = elicit(
                     expert_policy(False), task, iterations=args.iterations, population=args.population,
-                    episodes_per_candidate=args.episodes, seed=args.seed, method=method, num_specs=0,
+                    episodes_per_candidate=args.episodes, seed=args.seed, method=method, init=init, num_specs=0,
                 )  # fmt: skip
-                held = evaluate_params(expert_policy(False), task, result.best_params, args.holdout, seed=10_000 + args.seed)
                 return {
                     "history": [h["population_score"] for h in result.history],
-                    "best_score": result.best_sample_score,
+                    "best_sample_score": result.best_sample_score,
                     "best_params": result.best_params.to_dict(),
-                    "held_out": held,
+                    "held_out": holdout(result.best_params),
                     "seconds": time.perf_counter() - t0,
                 }
 
-            key = f"elicit-{task}-{method}-{args.iterations}x{args.population}x{args.episodes}-{args.holdout}-{args.seed}.json"
+            key = f"elicit-{task}-{label.replace(' ', '_')}-{args.iterations}x{args.population}x{args.episodes}-{args.holdout}-{args.seed}.json"
             r = cached(args.cache / key, run)
             base = ScenarioParams().to_dict()
-            changed = ", ".join(f"{k} {v:g}" for k, v in r["best_params"].items() if abs(v - base[k]) > 0.05 * max(1.0, abs(base[k])))
+            changed = ", ".join(f"{k} {v:.2f}" for k, v in r["best_params"].items() if abs(v - base[k]) > 0.05 * max(1.0, abs(base[k])))
             history = " / ".join(f"{v:.1f}" for v in r["history"])
+            held = r["held_out"]
             el_lines.append(
-                f"| {task} | {method} | {history} | {r['best_score']:.1f} | {r['held_out']['cc']:.2f} | "
-                f"{r['held_out']['success_rate']:.2f} | {changed} |"
+                f"| {task} | {label} | {history} | {r['best_sample_score']:.1f} | {held['score']:.2f} | {held['cc']:.2f} | "
+                f"{held['success_rate']:.2f} | {changed} |"
             )
     sections.append("\n".join(el_lines))
     table = "\n\n".join(sections)
-    table += f"\n\nCommand: `python benchmarks/chores_elicit.py --size {args.size} --seed {args.seed}` ({(time.perf_counter() - t_start) / 60:.0f} min without cache). {machine_line()}"
+    table += f"\n\nCommand: `nice -n 10 python benchmarks/chores_elicit.py --size {args.size} --seed {args.seed} --out BENCHMARKS.md`. {machine_line()}"
     print(table)
     if args.out is not None:
         update_section(args.out, key="chores_suites", title="Safety-CHORES assurance suites and elicitation", table=table)

@@ -152,6 +152,11 @@ class ScenarioParams:
             raise ConfigError(f"ScenarioParams.from_vector needs {len(BOUNDS)} values, got shape {u.shape}")
         return cls(**{k: lo + float(x) * (hi - lo) for x, (k, (lo, hi)) in zip(u, BOUNDS.items())})
 
+    @classmethod
+    def centre(cls) -> "ScenarioParams":
+        """The middle of the search box (an alternative start for the search)."""
+        return cls.from_vector(np.full(len(BOUNDS), 0.5))
+
     def to_dict(self) -> dict[str, float]:
         return {k: round(getattr(self, k), 4) for k in BOUNDS}
 

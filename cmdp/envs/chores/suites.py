@@ -28,8 +28,12 @@ Kinds of suite (registry :data:`SUITES`):
   equipment), ``cramped_start`` (the robot starts where under 40% of the floor within 1 m is
   free: corner), ``occluded_target`` (an occluder on the last stretch of the path, in front of
   the target, met where the camera no longer sees it: blind spot) and ``dense_clutter``
-  (houses crowded with objects: critical point). Every edit leaves a detour that the
-  clearance-keeping expert can take, so a careful policy can pay less.
+  (houses crowded with objects: critical point). Every floor edit leaves a detour that the
+  clearance-keeping expert can take, so a careful policy can pay less. PickUp starts within
+  reach of its target, so its hazards go on the target's furniture, in the arm's way; there
+  nothing was seen from afar before it is touched, and ``occluded_target`` does not provoke
+  blind-spot contact (nor ``dense_clutter`` displacements beyond what PickUp's standard
+  episodes already have): measured in ``BENCHMARKS.md``.
 
 Houses of suite instances use seeds ``SUITE_SEED_BASE + seed * SEED_STRIDE + k`` (``k`` counts
 candidate houses; instance seeds below ``MAX_SUITE_SEED``), all in ``[10**9, 2 * 10**9)``:
