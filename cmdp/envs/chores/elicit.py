@@ -324,6 +324,10 @@ def elicit(
     distribution, with standard deviation ``init_std`` in scaled units; each iteration moves
     the mean and standard deviation a fraction ``smoothing`` of the way to the elites', never
     below ``min_std``) or ``"random"`` (uniform over the box, the same number of candidates).
+    Started from the training distribution, CEM searches near the scenes the policy trains on
+    and needs iterations to leave them; ``init=ScenarioParams.centre()`` starts in the middle of
+    the box, which at small budgets finds costlier scenes (``BENCHMARKS.md``, where uniform random
+    search is as good at the benchmark's budget).
     The budget is ``iterations * population`` candidates of ``episodes_per_candidate`` episodes
     each, of at most ``max_episode_steps`` steps. Scores cap each episode's cost at ``cost_cap``:
     a policy stuck against a wall pays a cost on hundreds of steps, and one such episode would
