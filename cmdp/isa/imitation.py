@@ -338,6 +338,9 @@ def _shard_ok(path: Path, index: int, size: int, settings: Mapping[str, Any]) ->
         log.warning("%s cannot be read (%s); recording it again", path, e)
         return False
     expected = dict(settings, shard=index, shard_episodes=size)
+    # a setting missing from the shard's record (written before that setting existed) had its
+    # default value, None
+    meta = {k: meta.get(k) for k in expected} if set(meta) <= set(expected) else meta
     if meta != expected:
         if dict(meta, shard_episodes=size) == expected:
             return False  # the episode count changed and this was the last shard: record it again
