@@ -16,6 +16,12 @@
    rollout (rendering, env, acting) and update.
 
 With ``--out`` the table goes into that Markdown file under the ``vla`` markers.
+
+3. **The IL policy** (``--il-eval DIR/il_eval.json ...``, files written by
+   ``python -m cmdp.isa.imitation``): success rate, episode length and cumulative cost per
+   component of each imitation-learned policy on the evaluation set, beside the shortest-path
+   expert it imitates on the same episodes; written under the ``vla_il`` markers. ``--no-speed``
+   skips parts 1 and 2.
 """
 
 from __future__ import annotations
@@ -107,13 +113,68 @@ def training_rate(num_envs: int, epochs: int) -> dict[str, float]:
     return {"sps": steps / wall, "sps_cpu": steps / cpu, "rollout": rollout / wall, "update": update / wall, "steps": steps}
 
 
+def expert_on(task: str, split: str) -> dict[str, float]:
+    """The safety-unaware shortest-path expert on the whole evaluation set of ``task``."""
+    from cmdp.envs.chores.eval_sets import load_eval_set
+    from cmdp.envs.chores.expert import run_expert
+
+    episodes = len(load_eval_set(task))
+    env = cmdp.make(f"SafetyChores-{task}-v0", num_envs=1, seed=0, split=split)  # one env: each episode once
+    done = run_expert(env, episodes, seed=0)
+    env.close()
+    names = list(done[0]["costs"])
+    costs = np.array([[ep["costs"][c] for c in names] for ep in done])
+    return {
+        "success_rate": float(np.mean([ep["success"] for ep in done])),
+        "ep_length": float(np.mean([ep["length"] for ep in done])),
+        "ep_cost": float(costs.mean(axis=0).sum()),
+        "ep_costs": dict(zip(names, costs.mean(axis=0).tolist())),
+        "episodes": len(done),
+    }
+
+
+def il_table(paths: list[Path]) -> str:
+    import json
+
+    rows, task, split = [], None, None
+    for path in paths:
+        report = json.loads(path.read_text())
+        task, split = report["il_policy"].get("task", report["expert"]["task"]), report["split"]
+        stages = report.get("stages") or [{"stage": "bc", **report["bc"]}]
+        name = " + ".join(s["stage"] for s in stages)
+        rows.append((f"IL policy ({name})", report["il_policy"]))
+    expert = expert_on(task, split)
+    names = list(expert["ep_costs"])
+    lines = [
+        f"Safety-CHORES {task}, {split} set ({expert['episodes']} episodes, horizon 600), actions sampled "
+        "from the policy. IL policies: default `VLAConfig`, made by `python -m cmdp.isa.imitation` "
+        "(its `il_eval.json`); the expert is the safety-unaware shortest-path teacher on the same episodes.",
+        "",
+        "| policy | SR | CC | " + " | ".join(names) + " | episode length |",
+        "|---|---:|---:|" + "---:|" * len(names) + "---:|",
+    ]
+    for label, r in rows + [("shortest-path expert (teacher)", expert)]:
+        cells = " | ".join(f"{r['ep_costs'][c]:.2f}" for c in names)
+        lines.append(f"| {label} | {100 * r['success_rate']:.1f}% | {r['ep_cost']:.2f} | {cells} | {r['ep_length']:.0f} |")
+    return "\n".join([machine_line(), ""] + lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--train-epochs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--il-eval", type=Path, nargs="*", default=[], help="il_eval.json files to tabulate")
+    parser.add_argument("--no-speed", action="store_true", help="only the IL table")
     args = parser.parse_args()
+    if args.il_eval:
+        table = il_table(args.il_eval)
+        print(table)
+        if args.out is not None:
+            update_section(args.out, "vla_il", "Imitation-learned VLA policy", table)
+    if args.no_speed:
+        return
     torch.set_num_threads(1)
     torch.manual_seed(0)
     probe = cmdp.make(ENV_ID, num_envs=1, seed=0, **ENV_KWARGS)
