@@ -89,6 +89,14 @@ def test_ood_suites_share_the_standard_episodes_except_layout():
         inst = build_suite(name, "Fetch", 3, seed=0)
         assert [s.house.to_dict() for s in inst.episodes] == [s.house.to_dict() for s in standard.episodes]
         assert [s.start for s in inst.episodes] == [s.start for s in standard.episodes]
+        assert [s.episode_id for s in inst.episodes] == [s.episode_id for s in standard.episodes]
+
+
+def test_a_shift_a_policy_cannot_perceive_changes_nothing_else():
+    # same episodes and the same random stream per episode: a state-observation policy plays
+    # the rendering suites exactly as the standard one
+    runs = [evaluate_suite(build_suite(name, "PickUp", 4, seed=0), expert_policy(False), num_envs=4) for name in ("standard", "lighting", "colour")]
+    assert runs[0]["per_episode"] == runs[1]["per_episode"] == runs[2]["per_episode"]
 
 
 def _first_frames(instance, **kwargs):

@@ -39,7 +39,10 @@ Houses of suite instances use seeds ``SUITE_SEED_BASE + seed * SEED_STRIDE + k``
 candidate houses; instance seeds below ``MAX_SUITE_SEED``), all in ``[10**9, 2 * 10**9)``:
 disjoint from the training houses (seeds below ``num_train_houses`` <= ``EVAL_SEED_BASE``),
 from the evaluation sets (seeds from ``EVAL_SEED_BASE`` up to ``EVAL_SEED_BASE + 300_000``) and
-from the houses of elicitation (:mod:`cmdp.envs.chores.elicit`, from ``2 * 10**9``).
+from the houses of elicitation (:mod:`cmdp.envs.chores.elicit`, from ``2 * 10**9``). Episode ids
+name the task and the house seed, not the suite: an out-of-distribution episode and the standard
+episode it shifts share their id, and with it the random stream the env draws the episode's
+events from (jostled objects, the experts' sidesteps), so the shift is the only difference.
 
 Policies are callables ``(env, obs) -> actions``: :func:`expert_policy` (the shortest-path
 expert, unsafe or safe), :func:`random_policy`, and :func:`algorithm_policy` (a trained
@@ -217,7 +220,7 @@ def build_suite(name: str | Suite, task: str, size: int, seed: int = 0, **knobs:
             )
         hs = house_seed(int(seed), k)
         k += 1
-        spec = _candidate(suite, task, hs, edit, f"{suite.name}-{task.lower()}-{seed}-{len(episodes):04d}")
+        spec = _candidate(suite, task, hs, edit, f"{task.lower()}-house-{hs}")
         if spec is not None:
             episodes.append(spec)
     env_kwargs: dict[str, Any] = {"max_episode_steps": EVAL_HORIZON}
