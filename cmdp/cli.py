@@ -1,4 +1,4 @@
-"""The ``cmdp`` command line: ``train``, ``eval``, ``envs``, ``algos`` (``benchmark`` and ``assure`` to come).
+"""The ``cmdp`` command line: ``train``, ``eval``, ``envs``, ``algos``, ``benchmark``, ``assure``.
 
 Each subcommand is one function registered with :func:`command`, which also declares its
 arguments, so adding a subcommand touches nothing else::
