@@ -264,9 +264,10 @@ def sample_episode(
     instruction = text.instruction(task, name, instr_template, paraphrase=paraphrase)
     spec = EpisodeSpec(task, house, (0.0, 0.0, 0.0), name, index if task != "ObjectNav" else -1, instruction, episode_id)
     dist = goal_distance(spec)
+    clear = _clear_of_floor_objects(house, grid)
     target_xy = house.obj_pos[index, :2]
     if task == "PickUp":
-        cells = grid.reach_cells(target_xy, target_z=house.obj_pos[index, 2]) & np.isfinite(dist)
+        cells = grid.reach_cells(target_xy, target_z=house.obj_pos[index, 2]) & np.isfinite(dist) & clear
         cells &= (grid.xs[None, :] - target_xy[0]) ** 2 + (grid.ys[:, None] - target_xy[1]) ** 2 <= 0.7**2
         if not cells.any():
             cells = grid.reach_cells(target_xy, target_z=house.obj_pos[index, 2])
@@ -282,7 +283,7 @@ def sample_episode(
             if _arm_clear(house, x, y, yaw, arm):
                 spec.arm = (round(arm[0], 4), round(arm[1], 4))
     else:
-        reachable = grid.free & np.isfinite(dist)
+        reachable = grid.free & np.isfinite(dist) & clear
         far = reachable & (dist >= MIN_START_DISTANCE)
         cells = far if far.any() else reachable & (dist >= np.nanmax(np.where(reachable, dist, np.nan)) * 0.5)
         iy, ix = _choose(cells, rng)
@@ -354,8 +355,18 @@ def add_hazards(spec: EpisodeSpec, rng: np.random.Generator, near_target: int = 
                 added += 1
     return EpisodeSpec(
         spec.task, house, spec.start, spec.target_category, spec.target_index, spec.instruction,
-        spec.episode_id, spec.expert_length, dict(spec.tags, hazards=True),
+        spec.episode_id, spec.expert_length, dict(spec.tags, hazards=True), spec.arm,
     )  # fmt: skip
+
+
+def _clear_of_floor_objects(house: House, grid: HouseGrid) -> np.ndarray:
+    """Cells where the base would not stand on a floor object."""
+    clear = np.ones_like(grid.free)
+    for i in np.flatnonzero(house.obj_support < 0):
+        x, y = house.obj_pos[i, :2]
+        r = cat.ROBOT_RADIUS + cat.CATEGORY_RADIUS[house.obj_cat[i]] + 0.02
+        clear &= (grid.xs[None, :] - x) ** 2 + (grid.ys[:, None] - y) ** 2 >= r * r
+    return clear
 
 
 def _arm_clear(house: House, x: float, y: float, yaw: float, arm: tuple[float, float]) -> bool:
