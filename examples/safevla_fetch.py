@@ -1,0 +1,180 @@
+"""SafeVLA's Integrated Safety Approach end to end on Safety-CHORES Fetch.
+
+    python examples/safevla_fetch.py [--full] [--seeds 0 1 2] [--out runs/safevla_fetch]
+
+From one imitation-learned VLA policy (the SPOC analogue: behaviour cloning of the
+safety-unaware shortest-path expert, shipped in ``examples/assets/il_fetch/vla.pt`` and rebuilt
+by ``--rebuild-il``):
+
+1. fine-tune it with PPO on the task reward alone: the FLaRe baseline;
+2. align it with ISA: *model* the five safety components with one limit each, *elicit* the
+   scenes where it is least safe (cross-entropy search) and mix them into training,
+   *constrain* it with PPO-Lagrangian;
+3. *assure* the three policies on the 172-episode Fetch evaluation set (``--full``: plus the
+   OOD and extreme-failure suites), writing Markdown, JSON, plots and GIFs;
+4. print SR, CC and each component, the CC reduction of ISA relative to the baseline in %, and
+   the SR change in points. SafeVLA reports -83.58% CC and +3.85% SR.
+
+Every stage keeps its run directory under ``--out``; rerunning the same command continues where
+it stopped (finished stages are read back, not redone). The default schedule is sized to finish
+in about 20 minutes on a 2-core CPU; ``--full`` is the longer schedule of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from cmdp.envs.chores.costs import COST_NAMES
+from cmdp.isa.pipeline import assure_policies, constrain, elicit_scenarios, model
+from cmdp.policies.vla import VLAPolicy
+
+ASSET = Path(__file__).with_name("assets") / "il_fetch"
+SHORT = {"corner": "corner", "blind_spot": "blind", "fragile_collection": "fragile", "critical_point": "critical", "dangerous_equipment": "danger"}
+
+# Fine-tuning settings shared by the baseline and ISA (FLaRe's recipe at CPU scale: 128-step
+# rollouts per env, clip 0.1, no entropy bonus, a small learning rate, +10 reward on success)
+FINE_TUNE = dict(
+    num_envs=8,
+    steps_per_epoch=8 * 128,
+    update_epochs=4,
+    minibatch_size=512,
+    clip_ratio=0.1,
+    entropy_coef=0.0,
+    actor_lr=5e-5,
+    critic_lr=3e-4,
+    normalize_obs=False,
+    torch_threads=2,
+    checkpoint_every=5,
+)
+SCHEDULES = {
+    "default": dict(steps=24_576, eval_episodes=172, suites="none", elicit=dict(iterations=2, population=6, episodes_per_candidate=3, num_specs=24)),
+    "full": dict(steps=204_800, eval_episodes=172, suites="all", elicit=dict(iterations=4, population=10, episodes_per_candidate=4, num_specs=64)),
+}
+COST_LIMIT = 0.3  # per component and episode
+EPISODE_MIX = 0.3  # share of training episodes drawn from the elicited scenes
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def il_policy(path: Path, rebuild: bool, out: Path) -> VLAPolicy:
+    if rebuild or not path.exists():
+        from cmdp.isa import imitation
+
+        log(f"building the IL policy with behaviour cloning into {out / 'il'} (this takes a while)")
+        imitation.main(["--out", str(out / "il"), "--task", "Fetch", "--threads", "2"])
+        built = sorted((out / "il").glob("bc*/vla.pt"), key=lambda p: p.stat().st_mtime)[-1]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        VLAPolicy.from_pretrained(built).save_pretrained(path)
+    return VLAPolicy.from_pretrained(path)
+
+
+def fine_tune(name: str, policy, cmdp, solver: str, steps: int, seed: int, run_dir: Path, episodes=None):
+    """Train (or finish training) one fine-tune; its checkpoint lets a rerun continue."""
+    from cmdp.algorithms import load
+
+    ckpt = run_dir / "checkpoint.pt"
+    if ckpt.exists():
+        # the saved weights replace those of this copy of the starting network
+        algo = load(ckpt, policy=copy.deepcopy(policy))
+        if algo.global_step >= steps:
+            log(f"{name}: already trained ({algo.global_step} steps)")
+            return algo
+        log(f"{name}: continuing from step {algo.global_step}")
+        algo.learn(steps)
+        return algo
+    log(f"{name}: fine-tuning with {solver} for {steps} steps")
+    return constrain(
+        policy, cmdp, solver, steps, episodes=episodes, episode_mix=EPISODE_MIX, seed=seed, run_dir=run_dir, **FINE_TUNE
+    )
+
+
+
+def run_seed(seed: int, schedule: dict, args) -> dict:
+    out = args.out / f"seed{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    start = il_policy(args.il, args.rebuild_il, args.out)
+    cmdp = model("Fetch", cost_limit=COST_LIMIT, obs_mode="rgb", image_size=tuple(start.io["image_shape"][:2]))
+    t0 = time.perf_counter()
+    baseline = fine_tune("FLaRe baseline (PPO)", start, cmdp, "PPO", schedule["steps"], seed, out / "ppo")
+    specs_file = out / "elicited.json"
+    if specs_file.exists():
+        from cmdp.envs.chores.episodes import load_episodes
+
+        specs = load_episodes(specs_file)
+    else:
+        log("ISA elicit: searching the scenes where the IL policy is least safe")
+        found = elicit_scenarios(start, cmdp, seed=seed, **schedule["elicit"])
+        specs = found.specs
+        from cmdp.envs.chores.episodes import save_episodes
+
+        save_episodes(specs, specs_file)
+    isa = fine_tune("ISA (PPOLag, one limit per component)", start, cmdp, "PPOLag", schedule["steps"], seed, out / "isa", episodes=specs)
+    train_seconds = time.perf_counter() - t0
+    log("assure: IL, baseline and ISA policies on the Fetch evaluation set")
+    report = assure_policies(
+        {"IL (SPOC-like)": start, "FLaRe (PPO)": baseline, "ISA (PPOLag)": isa},
+        cmdp,
+        suites=schedule["suites"],
+        episodes=schedule["eval_episodes"],
+        seed=seed,
+        out_dir=out / "assure",
+        num_envs=16,
+        gifs=2,
+    )
+    summary = {name: report.summary(name) for name in ("IL (SPOC-like)", "FLaRe (PPO)", "ISA (PPOLag)")}
+    result = {"seed": seed, "train_seconds": train_seconds, "policies": summary}
+    (out / "result.json").write_text(json.dumps(result, indent=2, default=float))
+    return result
+
+
+def table(results: list[dict]) -> str:
+    import numpy as np
+
+    names = ("IL (SPOC-like)", "FLaRe (PPO)", "ISA (PPOLag)")
+    rows = ["| policy | SR | CC | " + " | ".join(SHORT[c] for c in COST_NAMES) + " |", "|---|---:|---:|" + "---:|" * len(COST_NAMES)]
+    mean = lambda name, f: float(np.mean([f(r["policies"][name]) for r in results]))  # noqa: E731
+    for name in names:
+        comps = " | ".join(f"{mean(name, lambda p: p['ep_costs'][c]):.2f}" for c in COST_NAMES)
+        rows.append(f"| {name} | {100 * mean(name, lambda p: p['success_rate']):.1f}% | {mean(name, lambda p: p['ep_cost']):.2f} | {comps} |")
+    base_cc, isa_cc = mean(names[1], lambda p: p["ep_cost"]), mean(names[2], lambda p: p["ep_cost"])
+    base_sr, isa_sr = mean(names[1], lambda p: p["success_rate"]), mean(names[2], lambda p: p["success_rate"])
+    reduction = 100.0 * (base_cc - isa_cc) / base_cc if base_cc > 0 else float("nan")
+    rows.append("")
+    rows.append(
+        f"ISA vs the FLaRe baseline: CC {'-' if reduction >= 0 else '+'}{abs(reduction):.2f}% "
+        f"(SafeVLA: -83.58%), SR {100 * (isa_sr - base_sr):+.2f} points (SafeVLA: +3.85). "
+        f"Seeds: {', '.join(str(r['seed']) for r in results)}; {results[0]['policies'][names[0]]['episodes']} evaluation episodes each."
+    )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", action="store_true", help="the long schedule (and the OOD / extreme suites)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 (with --full: 0 1 2)")
+    parser.add_argument("--out", type=Path, default=Path("runs/safevla_fetch"))
+    parser.add_argument("--il", type=Path, default=ASSET / "vla.pt", help="the IL policy to start from")
+    parser.add_argument("--rebuild-il", action="store_true", help="rebuild the IL policy with behaviour cloning")
+    args = parser.parse_args()
+    schedule = SCHEDULES["full" if args.full else "default"]
+    seeds = args.seeds if args.seeds is not None else ([0, 1, 2] if args.full else [0])
+    if args.full:
+        args.out = args.out.with_name(args.out.name + "_full")
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    results = [run_seed(seed, schedule, args) for seed in seeds]
+    print(table(results))
+    log(f"done in {(time.perf_counter() - t0) / 60:.1f} min; reports in {args.out}/seed*/assure/assurance.md")
+
+
+if __name__ == "__main__":
+    main()
