@@ -250,3 +250,17 @@ def test_config_rejects_repeated_suites():
 
     with pytest.raises(ConfigError, match="listed twice"):
         AssureConfig(suites=("dynamics", "dynamics"))
+
+
+def test_a_solver_is_assured_on_the_longer_evaluation_horizon_but_not_on_other_observations():
+    from cmdp.envs.chores.env import ChoresEnv
+    from cmdp.isa.assure import _same_layout
+
+    train = ChoresEnv("Fetch", obs_mode="rgb", image_size=(32, 32), max_episode_steps=500)
+    evaluation = ChoresEnv("Fetch", obs_mode="rgb", image_size=(32, 32), split="eval")
+    bigger = ChoresEnv("Fetch", obs_mode="rgb", image_size=(64, 64), split="eval")
+    state = ChoresEnv("Fetch", obs_mode="state", split="eval")
+    assert train.observation_space != evaluation.observation_space  # the time_step bound differs
+    assert _same_layout(train.observation_space, evaluation.observation_space)
+    assert not _same_layout(train.observation_space, bigger.observation_space)
+    assert not _same_layout(train.observation_space, state.observation_space)

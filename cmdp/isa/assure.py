@@ -217,7 +217,7 @@ class AlgorithmPolicy:
 
     def act(self, env: ChoresEnv, obs: Any, episode_start: np.ndarray) -> np.ndarray:
         if self._checked_env is not env:
-            if env.observation_space != self._space:
+            if not _same_layout(env.observation_space, self._space):
                 raise ConfigError(
                     f"policy {self.name!r} was trained on observations {self._space}, the assurance env gives "
                     f"{env.observation_space}"
@@ -232,6 +232,20 @@ class AlgorithmPolicy:
         close = getattr(self.algo, "close", None)
         if callable(close):
             close()
+
+
+def _same_layout(a: Any, b: Any) -> bool:
+    """Whether two observation spaces carry the same keys, shapes, dtypes and categories.
+
+    Box bounds are not compared: the evaluation horizon (600 steps) is longer than the training
+    one (500), which changes only the upper bound of ``time_step``."""
+    import gymnasium as gym
+
+    if isinstance(a, gym.spaces.Dict) and isinstance(b, gym.spaces.Dict):
+        return a.spaces.keys() == b.spaces.keys() and all(_same_layout(a[k], b[k]) for k in a.spaces)
+    if isinstance(a, gym.spaces.Box) and isinstance(b, gym.spaces.Box):
+        return a.shape == b.shape and a.dtype == b.dtype
+    return a == b
 
 
 class VLAPolicyAdapter:
