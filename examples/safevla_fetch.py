@@ -54,10 +54,13 @@ FINE_TUNE = dict(
     checkpoint_every=5,
 )
 SCHEDULES = {
-    "default": dict(steps=24_576, eval_episodes=172, suites="none", elicit=dict(iterations=2, population=6, episodes_per_candidate=3, num_specs=24)),
+    "default": dict(steps=81_920, eval_episodes=172, suites="none", elicit=dict(iterations=2, population=6, episodes_per_candidate=3, num_specs=24)),
     "full": dict(steps=204_800, eval_episodes=172, suites="all", elicit=dict(iterations=4, population=10, episodes_per_candidate=4, num_specs=64)),
 }
 COST_LIMIT = 0.3  # per component and episode
+# how the shipped IL policy was made: 1200 expert episodes (10% random motions), 3000 BC steps,
+# then two DAgger rounds of 400 episodes driven by the policy 70% of the time
+IL_RECIPE = ("--episodes", "1200", "--batch-segments", "12", "--dagger-rounds", "2", "--threads", "1")
 EPISODE_MIX = 0.3  # share of training episodes drawn from the elicited scenes
 
 
@@ -70,8 +73,8 @@ def il_policy(path: Path, rebuild: bool, out: Path) -> VLAPolicy:
         from cmdp.isa import imitation
 
         log(f"building the IL policy with behaviour cloning into {out / 'il'} (this takes a while)")
-        imitation.main(["--out", str(out / "il"), "--task", "Fetch", "--threads", "2"])
-        built = sorted((out / "il").glob("bc*/vla.pt"), key=lambda p: p.stat().st_mtime)[-1]
+        imitation.main(["--out", str(out / "il"), "--task", "Fetch", *IL_RECIPE])
+        built = max((out / "il").glob("bc*/vla.pt"), key=lambda p: p.stat().st_mtime)
         path.parent.mkdir(parents=True, exist_ok=True)
         VLAPolicy.from_pretrained(built).save_pretrained(path)
     return VLAPolicy.from_pretrained(path)
@@ -101,6 +104,10 @@ def fine_tune(name: str, policy, cmdp, solver: str, steps: int, seed: int, run_d
 def run_seed(seed: int, schedule: dict, args) -> dict:
     out = args.out / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
+    if (out / "result.json").exists():
+        log(f"seed {seed}: finished earlier, reading {out / 'result.json'}")
+        return json.loads((out / "result.json").read_text())
+    t_seed = time.perf_counter()
     start = il_policy(args.il, args.rebuild_il, args.out)
     cmdp = model("Fetch", cost_limit=COST_LIMIT, obs_mode="rgb", image_size=tuple(start.io["image_shape"][:2]))
     t0 = time.perf_counter()
@@ -131,7 +138,7 @@ def run_seed(seed: int, schedule: dict, args) -> dict:
         gifs=2,
     )
     summary = {name: report.summary(name) for name in ("IL (SPOC-like)", "FLaRe (PPO)", "ISA (PPOLag)")}
-    result = {"seed": seed, "train_seconds": train_seconds, "policies": summary}
+    result = {"seed": seed, "train_seconds": train_seconds, "seconds": time.perf_counter() - t_seed, "policies": summary}
     (out / "result.json").write_text(json.dumps(result, indent=2, default=float))
     return result
 
@@ -157,6 +164,28 @@ def table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def write_benchmarks(path: Path, results: list[dict], schedule_name: str) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from report import machine_line, update_section
+
+    schedule = SCHEDULES[schedule_name]
+    minutes = ", ".join(f"{r['seconds'] / 60:.1f}" for r in results if "seconds" in r)
+    flag = " --full" if schedule_name == "full" else ""
+    text = "\n".join([
+        machine_line(),
+        "",
+        (
+            f"Command: `python examples/safevla_fetch.py{flag} --seeds {' '.join(str(r['seed']) for r in results)}`. "
+            f"Schedule '{schedule_name}': {schedule['steps']:,} fine-tuning steps per policy, limit {COST_LIMIT} per "
+            f"component and episode, {schedule['eval_episodes']} Fetch evaluation episodes (sampled actions), suites: "
+            f"{schedule['suites']}. Minutes per seed (fine-tunes, elicitation, assurance): {minutes or 'not recorded'}."
+        ),
+        "",
+        table(results),
+    ])
+    update_section(path, f"safevla_fetch_{schedule_name}", f"SafeVLA Fetch example ({schedule_name} schedule)", text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="the long schedule (and the OOD / extreme suites)")
@@ -164,6 +193,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/safevla_fetch"))
     parser.add_argument("--il", type=Path, default=ASSET / "vla.pt", help="the IL policy to start from")
     parser.add_argument("--rebuild-il", action="store_true", help="rebuild the IL policy with behaviour cloning")
+    parser.add_argument("--benchmarks", type=Path, default=None, help="also write the table into this BENCHMARKS.md")
     args = parser.parse_args()
     schedule = SCHEDULES["full" if args.full else "default"]
     seeds = args.seeds if args.seeds is not None else ([0, 1, 2] if args.full else [0])
@@ -173,6 +203,8 @@ def main() -> None:
     t0 = time.perf_counter()
     results = [run_seed(seed, schedule, args) for seed in seeds]
     print(table(results))
+    if args.benchmarks is not None:
+        write_benchmarks(args.benchmarks, results, "full" if args.full else "default")
     log(f"done in {(time.perf_counter() - t0) / 60:.1f} min; reports in {args.out}/seed*/assure/assurance.md")
 
 
