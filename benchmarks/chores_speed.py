@@ -116,6 +116,12 @@ def main() -> None:
     for c in configs:
         name = c["name"]
         lines.append(f"| {name} | {statistics.median(wall[name]):,.0f} | {statistics.median(cpu[name]):,.0f} |")
+    lines.append("")
+    verdicts = []
+    for name, target in (("state", 20_000), ("rgb 64x64", 2_000)):
+        best = max(statistics.median(wall[name]), statistics.median(cpu[name]))
+        verdicts.append(f"{name} at N={n} >= {target:,}: {'met' if best >= target else 'NOT met'} ({best:,.0f})")
+    lines.append("Targets (by the better of wall and CPU time): " + "; ".join(verdicts) + ".")
     table = "\n".join(lines)
     print(table)
     if args.out is not None:
