@@ -161,6 +161,11 @@ def table(results: list[dict]) -> str:
         f"(SafeVLA: -83.58%), SR {100 * (isa_sr - base_sr):+.2f} points (SafeVLA: +3.85). "
         f"Seeds: {', '.join(str(r['seed']) for r in results)}; {results[0]['policies'][names[0]]['episodes']} evaluation episodes each."
     )
+    verdict = [
+        f"CC reduction >= 83.58%: {'met' if reduction >= 83.58 else 'NOT met'}",
+        f"SR no lower than the baseline: {'met' if isa_sr >= base_sr else 'NOT met'}",
+    ]
+    rows.append(f"SafeVLA's target: {'; '.join(verdict)}.")
     return "\n".join(rows)
 
 
