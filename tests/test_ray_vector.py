@@ -29,6 +29,22 @@ cloudpickle.register_pickle_by_value(test_subproc)
 ZEROS2 = np.zeros(2, dtype=np.int64)
 
 
+def kill_actor(handle, timeout: float = 30.0) -> None:
+    """``ray.kill`` and wait until the actor is gone: the kill is asynchronous, and a step sent
+    right after it may otherwise still be served by the dying actor."""
+    ray.kill(handle)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ray.get(handle.__ray_ready__.remote(), timeout=5.0)
+        except ray.exceptions.RayActorError:
+            return
+        except ray.exceptions.GetTimeoutError:
+            continue
+        time.sleep(0.05)
+    pytest.fail(f"actor {handle} still answers {timeout} s after ray.kill")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -87,7 +103,7 @@ def test_actors_hosting_cmdp_vector_envs_match_in_process_envs():
                 np.testing.assert_array_equal(got[5]["success"][done], want_success[done])
         assert ended > 0
         last_obs = got[0]
-        ray.kill(remote.actor_handles[1])  # the three envs of the second actor go down together
+        kill_actor(remote.actor_handles[1])  # the three envs of the second actor go down together
         obs, reward, cost, terminated, truncated, info = remote.step(np.zeros(6, dtype=np.int64))
         assert info["restarted"].tolist() == truncated.tolist() == [False] * 3 + [True] * 3
         assert not terminated[3:].any() and not reward[3:].any() and not cost[3:].any()
@@ -101,7 +117,7 @@ def test_killed_actor_is_replaced_and_its_episode_truncated(caplog):
         np.testing.assert_array_equal(obs[:, 1], [3, 4])
         for _ in range(3):
             prev, *_ = venv.step(ZEROS2)
-        ray.kill(venv.actor_handles[1])  # mid-episode
+        kill_actor(venv.actor_handles[1])  # mid-episode
         obs, reward, cost, terminated, truncated, info = venv.step(ZEROS2)
         assert info["restarted"].tolist() == [False, True]
         assert truncated.tolist() == [False, True] and not terminated.any()
@@ -204,7 +220,7 @@ class KillsAnActor(RayVectorCMDP):
     def step(self, actions):
         self.steps_taken = getattr(self, "steps_taken", 0) + 1
         if self.steps_taken == self.kill_at:
-            ray.kill(self.actor_handles[1])
+            kill_actor(self.actor_handles[1])
         return super().step(actions)
 
 
