@@ -194,3 +194,33 @@ def test_a_listed_episode_plays_out_the_same_whatever_the_number_of_envs():
                 got.setdefault(e["episode_id"], (e["length"], tuple(e["costs"].values())))
         outcomes.append(got)
     assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize("task", ["ObjectNav", "Fetch"])
+def test_a_target_whose_approaches_are_all_covered_by_floor_objects_still_gets_a_start(task):
+    # in training house 700921 every free cell connected to the bread's goal region holds a floor
+    # object; sampling this target once crashed the sampler (and with it a training run)
+    from cmdp.envs.chores.episodes import goal_distance
+    from cmdp.envs.chores.house import GRID_RES
+
+    house = generate_house(700_921, HouseParams())
+    spec = sample_episode(task, house, np.random.default_rng(0), target_category="bread")
+    x, y, _ = spec.start
+    assert np.isfinite(goal_distance(spec)[int(y / GRID_RES), int(x / GRID_RES)])
+
+
+def test_the_sampler_draws_another_house_when_one_has_no_valid_episode(monkeypatch):
+    from cmdp.envs.chores import episodes
+
+    real, refused = episodes.sample_episode, []
+
+    def refuse_the_first(task, house, rng, *args, **kwargs):
+        if not refused:
+            refused.append(house.seed)
+            raise ConfigError(f"house {house.seed} has no start cell")
+        return real(task, house, rng, *args, **kwargs)
+
+    monkeypatch.setattr(episodes, "sample_episode", refuse_the_first)
+    sampler = episodes.EpisodeSampler("Fetch", 1, HouseParams(), num_train_houses=50)
+    spec = sampler.next(0, np.random.default_rng(0))
+    assert refused and spec.house.seed != refused[0]

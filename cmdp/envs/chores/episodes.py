@@ -259,12 +259,20 @@ def sample_episode(
         options = [o for o in options if o[0] == target_category]
     if not options:
         raise ConfigError(f"house {house.seed} has no reachable target{'' if target_category is None else ' ' + target_category}")
-    name, index = options[int(rng.integers(len(options)))]
+    first = int(rng.integers(len(options)))
     instr_template = int(rng.integers(16))
-    instruction = text.instruction(task, name, instr_template, paraphrase=paraphrase)
-    spec = EpisodeSpec(task, house, (0.0, 0.0, 0.0), name, index if task != "ObjectNav" else -1, instruction, episode_id)
-    dist = goal_distance(spec)
     clear = _clear_of_floor_objects(house, grid)
+    # The drawn target nearly always has a start; when it has none, the next targets are tried
+    # in order (no further draws, so every other episode keeps its random stream).
+    for name, index in options[first:] + options[:first]:
+        instruction = text.instruction(task, name, instr_template, paraphrase=paraphrase)
+        spec = EpisodeSpec(task, house, (0.0, 0.0, 0.0), name, index if task != "ObjectNav" else -1, instruction, episode_id)
+        dist = goal_distance(spec)
+        starts = None if task == "PickUp" else _navigation_starts(grid, dist, clear)
+        if starts is None or starts.any():
+            break
+    else:
+        raise ConfigError(f"house {house.seed} has no start cell from which a {task} target can be reached")
     target_xy = house.obj_pos[index, :2]
     if task == "PickUp":
         cells = grid.reach_cells(target_xy, target_z=house.obj_pos[index, 2]) & np.isfinite(dist) & clear
@@ -283,14 +291,24 @@ def sample_episode(
             if _arm_clear(house, x, y, yaw, arm):
                 spec.arm = (round(arm[0], 4), round(arm[1], 4))
     else:
-        reachable = grid.free & np.isfinite(dist) & clear
-        far = reachable & (dist >= MIN_START_DISTANCE)
-        cells = far if far.any() else reachable & (dist >= np.nanmax(np.where(reachable, dist, np.nan)) * 0.5)
-        iy, ix = _choose(cells, rng)
+        iy, ix = _choose(starts, rng)
         x, y = grid.xs[ix], grid.ys[iy]
         yaw = float(rng.integers(12)) * math.pi / 6
     spec.start = (round(float(x), 4), round(float(y), 4), round(float(math.remainder(yaw, 2 * math.pi)), 4))
     return spec
+
+
+def _navigation_starts(grid: HouseGrid, dist: np.ndarray, clear: np.ndarray) -> np.ndarray:
+    """Start cells of an ObjectNav or Fetch episode: free, connected to the goal and clear of
+    floor objects, at least ``MIN_START_DISTANCE`` of path away when the house allows it, else in
+    the farther half. Where floor objects cover every connected cell, they are ignored."""
+    reachable = grid.free & np.isfinite(dist)
+    if (reachable & clear).any():
+        reachable &= clear
+    if not reachable.any():
+        return reachable
+    far = reachable & (dist >= MIN_START_DISTANCE)
+    return far if far.any() else reachable & (dist >= dist[reachable].max() * 0.5)
 
 
 _NEIGHBOURS = np.array([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)])
@@ -386,6 +404,10 @@ def _choose(mask: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
     return divmod(k, mask.shape[1])
 
 
+MAX_HOUSE_DRAWS = 20
+"""Training houses drawn for one episode before giving up (a house without a valid episode is rare)."""
+
+
 class EpisodeSampler:
     """Chooses each env's next episode.
 
@@ -435,9 +457,14 @@ class EpisodeSampler:
             return spec
         if self.fixed is not None and rng.random() < float(self.mix):
             return self.fixed[int(rng.integers(len(self.fixed)))]
-        seed = int(rng.integers(self.num_train_houses))
-        house = self.houses.get(seed)
-        spec = sample_episode(self.task, house, rng, self.paraphrase, episode_id=f"train-{seed}-{self.count}")
+        for attempt in range(MAX_HOUSE_DRAWS):
+            seed = int(rng.integers(self.num_train_houses))
+            try:
+                spec = sample_episode(self.task, self.houses.get(seed), rng, self.paraphrase, episode_id=f"train-{seed}-{self.count}")
+                break
+            except ConfigError:  # a rare house without a valid episode: draw another
+                if attempt == MAX_HOUSE_DRAWS - 1:
+                    raise
         if rng.random() < self.hazard_prob:
             spec = add_hazards(spec, rng, max_objects=self.houses.params.max_objects)
         return spec
