@@ -19,7 +19,6 @@ from __future__ import annotations
 import gzip
 import json
 import math
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -29,6 +28,7 @@ from scipy import ndimage
 
 from cmdp.envs.chores import catalog as cat
 from cmdp.envs.chores import text
+from cmdp.envs.chores.cache import BoundedCache
 from cmdp.envs.chores.house import GRID_RES, House, HouseGrid, HouseParams, add_object, generate_house, grid_of
 from cmdp.errors import ConfigError
 
@@ -147,7 +147,7 @@ def goal_cells(spec: EpisodeSpec, grid: HouseGrid) -> np.ndarray:
     return cells
 
 
-_FIELDS: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+_FIELDS: BoundedCache[np.ndarray] = BoundedCache(2048)
 
 
 def field_key(spec: EpisodeSpec) -> tuple:
@@ -155,88 +155,67 @@ def field_key(spec: EpisodeSpec) -> tuple:
     return (spec.house.layout_key, spec.task, spec.house.obj_pos[spec.targets()].round(4).tobytes())
 
 
-def goal_distance(spec: EpisodeSpec, max_cached: int = 2048) -> np.ndarray:
+def goal_distance(spec: EpisodeSpec) -> np.ndarray:
     """Shortest-path distance field (m) to the goal region of ``spec`` (cached)."""
-    key = field_key(spec)
-    field_ = _FIELDS.get(key)
-    if field_ is None:
+
+    def make() -> np.ndarray:
         grid = grid_of(spec.house)
-        field_ = grid.distance_field(goal_cells(spec, grid)).astype(np.float32)
-        _FIELDS[key] = field_
-        if len(_FIELDS) > max_cached:
-            _FIELDS.popitem(last=False)
-    else:
-        _FIELDS.move_to_end(key)
-    return field_
+        return grid.distance_field(goal_cells(spec, grid)).astype(np.float32)
+
+    return _FIELDS.get(field_key(spec), make)
 
 
-_FILLED: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+_FILLED: BoundedCache[np.ndarray] = BoundedCache(2048)
 
 
-def goal_distance_everywhere(spec: EpisodeSpec, max_cached: int = 2048) -> np.ndarray:
+def goal_distance_everywhere(spec: EpisodeSpec) -> np.ndarray:
     """:func:`goal_distance` extended to the cells off the planning grid (closer to a wall than
     the planning clearance, where a robot can still be): such a cell reads the distance of the
     nearest planned cell plus the straight distance to it. What the env observes and shapes its
     reward with, so both stay finite wherever the robot goes."""
-    key = field_key(spec)
-    filled = _FILLED.get(key)
-    if filled is None:
+
+    def make() -> np.ndarray:
         field_ = goal_distance(spec)
         finite = np.isfinite(field_)
         if finite.any() and not finite.all():
             gap, (iy, ix) = ndimage.distance_transform_edt(~finite, return_indices=True)
-            filled = (field_[iy, ix] + gap * GRID_RES).astype(np.float32)
-        else:
-            filled = field_
-        _FILLED[key] = filled
-        if len(_FILLED) > max_cached:
-            _FILLED.popitem(last=False)
-    else:
-        _FILLED.move_to_end(key)
-    return filled
+            return (field_[iy, ix] + gap * GRID_RES).astype(np.float32)
+        return field_
+
+    return _FILLED.get(field_key(spec), make)
 
 
 # ---- sampling -------------------------------------------------------------------------------
 
 
 class HouseCache:
-    """Generated training houses by seed (LRU): generating one takes milliseconds, and a run
-    revisits its houses."""
+    """Generated training houses by seed (least recently used dropped first): generating one
+    takes milliseconds, and a run revisits its houses."""
 
     def __init__(self, params: HouseParams, capacity: int = 1024) -> None:
         self.params = params
         self.capacity = capacity
-        self._houses: "OrderedDict[int, House]" = OrderedDict()
+        self._houses: BoundedCache[House] = BoundedCache(capacity)
 
     def get(self, seed: int) -> House:
-        house = self._houses.get(seed)
-        if house is None:
-            house = generate_house(seed, self.params)
-            self._houses[seed] = house
-            if len(self._houses) > self.capacity:
-                self._houses.popitem(last=False)
-        else:
-            self._houses.move_to_end(seed)
-        return house
+        return self._houses.get(seed, lambda: generate_house(seed, self.params))
 
 
-_REACHABLE: "OrderedDict[tuple, list[tuple[str, int]]]" = OrderedDict()
+_REACHABLE: BoundedCache[list[tuple[str, int]]] = BoundedCache(4096)
 
 
 def _reachable_targets(house: House, grid: HouseGrid) -> list[tuple[str, int]]:
     """The (category, index) of every target object within reach of some free cell (cached)."""
-    cached = _REACHABLE.get(house.key)
-    if cached is not None:
-        return cached
-    out = []
-    for name in cat.TARGET_CATEGORIES:
-        for i in house.objects_of(name):
-            if grid.reach_cells(house.obj_pos[i, :2], target_z=house.obj_pos[i, 2]).any():
-                out.append((name, int(i)))
-    _REACHABLE[house.key] = out
-    if len(_REACHABLE) > 4096:
-        _REACHABLE.popitem(last=False)
-    return out
+
+    def make() -> list[tuple[str, int]]:
+        return [
+            (name, int(i))
+            for name in cat.TARGET_CATEGORIES
+            for i in house.objects_of(name)
+            if grid.reach_cells(house.obj_pos[i, :2], target_z=house.obj_pos[i, 2]).any()
+        ]
+
+    return _REACHABLE.get(house.key, make)
 
 
 def sample_episode(

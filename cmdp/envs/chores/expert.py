@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections import OrderedDict
 
 import numpy as np
 
 from cmdp.envs.chores import catalog as cat
+from cmdp.envs.chores.cache import BoundedCache
 from cmdp.envs.chores.episodes import EpisodeSpec, field_key, goal_cells, goal_distance
 from cmdp.envs.chores.geometry import wrap_angle
 from cmdp.envs.chores.house import GRID_RES, HouseGrid, _free_mask, grid_of
@@ -34,52 +34,44 @@ GRASP_ALIGN = math.radians(4.0)
 SAFE_CLEARANCE = 0.15  # m beyond the base
 APPROACH_DISTANCE = 0.5  # m: the shortest-path expert drives closer than this before reaching
 
-_SAFE_FIELDS: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+_SAFE_FIELDS: BoundedCache[np.ndarray] = BoundedCache(1024)
 
 
 def _safe_field(spec: EpisodeSpec) -> np.ndarray:
     """Distance field on a grid with extra clearance and floor objects as obstacles."""
-    key = field_key(spec) + (spec.house.obj_pos[spec.house.obj_support < 0].round(3).tobytes(),)
-    field_ = _SAFE_FIELDS.get(key)
-    if field_ is not None:
-        return field_
-    base = grid_of(spec.house)
-    grid = HouseGrid(spec.house, clearance=SAFE_CLEARANCE)
-    floor = spec.house.obj_support < 0
-    if floor.any():
-        pos = spec.house.obj_pos[floor]
-        rad = cat.CATEGORY_RADIUS[spec.house.obj_cat[floor]]
-        boxes = np.concatenate([pos[:, :2] - rad[:, None], pos[:, :2] + rad[:, None], np.zeros((len(pos), 1))], axis=1)
-        grid.free &= _free_mask(boxes, grid.xs, grid.ys, cat.ROBOT_RADIUS + 0.1)
-    goals = goal_cells(spec, base) & grid.free
-    if not goals.any():  # the goal needs a closer approach than the clearance allows
-        goals = goal_cells(spec, base)
-        grid.free |= goals
-    field_ = grid.distance_field(goals).astype(np.float32)
-    unsafe_fallback = goal_distance(spec)
-    field_ = np.where(np.isfinite(field_), field_, unsafe_fallback + 100.0)
-    _SAFE_FIELDS[key] = field_
-    if len(_SAFE_FIELDS) > 1024:
-        _SAFE_FIELDS.popitem(last=False)
-    return field_
+
+    def make() -> np.ndarray:
+        base = grid_of(spec.house)
+        grid = HouseGrid(spec.house, clearance=SAFE_CLEARANCE)
+        floor = spec.house.obj_support < 0
+        if floor.any():
+            pos = spec.house.obj_pos[floor]
+            rad = cat.CATEGORY_RADIUS[spec.house.obj_cat[floor]]
+            boxes = np.concatenate([pos[:, :2] - rad[:, None], pos[:, :2] + rad[:, None], np.zeros((len(pos), 1))], axis=1)
+            grid.free &= _free_mask(boxes, grid.xs, grid.ys, cat.ROBOT_RADIUS + 0.1)
+        goals = goal_cells(spec, base) & grid.free
+        if not goals.any():  # the goal needs a closer approach than the clearance allows
+            goals = goal_cells(spec, base)
+            grid.free |= goals
+        field_ = grid.distance_field(goals).astype(np.float32)
+        unsafe_fallback = goal_distance(spec)
+        return np.where(np.isfinite(field_), field_, unsafe_fallback + 100.0)
+
+    return _SAFE_FIELDS.get(field_key(spec) + (spec.house.obj_pos[spec.house.obj_support < 0].round(3).tobytes(),), make)
 
 
-_TIGHT_FIELDS: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+_TIGHT_FIELDS: BoundedCache[np.ndarray] = BoundedCache(1024)
 TIGHT_CLEARANCE = -0.035  # the shortest path hugs walls and furniture to within 1.5 cm
 
 
 def _tight_field(spec: EpisodeSpec) -> np.ndarray:
     """Distance field for the shortest-path expert: the truly shortest path, hugging corners."""
-    key = field_key(spec)
-    field_ = _TIGHT_FIELDS.get(key)
-    if field_ is None:
+
+    def make() -> np.ndarray:
         grid = HouseGrid(spec.house, clearance=TIGHT_CLEARANCE)
-        goals = goal_cells(spec, grid)
-        field_ = grid.distance_field(goals).astype(np.float32)
-        _TIGHT_FIELDS[key] = field_
-        if len(_TIGHT_FIELDS) > 1024:
-            _TIGHT_FIELDS.popitem(last=False)
-    return field_
+        return grid.distance_field(goal_cells(spec, grid)).astype(np.float32)
+
+    return _TIGHT_FIELDS.get(field_key(spec), make)
 
 
 class ShortestPathExpert:

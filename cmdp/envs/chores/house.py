@@ -44,6 +44,7 @@ from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
 from cmdp.envs.chores import catalog as cat
+from cmdp.envs.chores.cache import BoundedCache
 from cmdp.errors import ConfigError
 
 GRID_RES = 0.1  # m per cell of HouseGrid
@@ -315,7 +316,7 @@ def _try_generate(rng: np.random.Generator, p: HouseParams, seed: int) -> House 
     _place_objects(rng, p, house)
     house.seed, house.params = seed, p
     if not _target_available(house):
-        _GRIDS.pop(house.layout_key, None)
+        _GRIDS.discard(house.layout_key)
         return None
     return house
 
@@ -697,18 +698,9 @@ class HouseGrid:
         return dist.reshape(self.ny, self.nx)
 
 
-_GRIDS: dict[tuple, HouseGrid] = {}
-_GRID_ORDER: list[tuple] = []
+_GRIDS: BoundedCache[HouseGrid] = BoundedCache(4096)
 
 
-def grid_of(house: House, max_cached: int = 4096) -> HouseGrid:
+def grid_of(house: House) -> HouseGrid:
     """The (cached) :class:`HouseGrid` of ``house``."""
-    key = house.layout_key
-    grid = _GRIDS.get(key)
-    if grid is None:
-        grid = HouseGrid(house)
-        _GRIDS[key] = grid
-        _GRID_ORDER.append(key)
-        if len(_GRID_ORDER) > max_cached:
-            _GRIDS.pop(_GRID_ORDER.pop(0), None)
-    return grid
+    return _GRIDS.get(house.layout_key, lambda: HouseGrid(house))
