@@ -188,29 +188,6 @@ class _Progress:
                 sys.stderr.write("\n")
 
 
-class _Driver:
-    """A policy acting in the demonstration envs (DAgger), with its own KV cache and a torch
-    generator seeded per shard, so a shard's data depends only on its seed."""
-
-    def __init__(self, policy: VLAPolicy, num_envs: int, seed: int) -> None:
-        from cmdp.policies.encoders import obs_to_tensor
-
-        self.policy, self.to_tensor = policy, obs_to_tensor
-        self.space, _ = spaces_from_signature(policy.io)
-        self.state = policy.initial_state(num_envs)
-        self.episode_start = np.ones(num_envs, dtype=bool)
-        self.seed = seed
-
-    def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
-        with torch.no_grad(), torch.random.fork_rng():
-            torch.manual_seed(self.seed)
-            self.seed += 1
-            out = self.policy.act(self.to_tensor(obs, self.space), self.state, torch.from_numpy(self.episode_start))
-            action = out.dist.sample()
-        self.state = out.state
-        return self.policy.to_env_action(action)
-
-
 def _weights_fingerprint(policy: torch.nn.Module) -> str:
     import hashlib
 
@@ -379,14 +356,23 @@ def _record_shard(
     obs, _ = env.reset(seed=seed)
     expert = ShortestPathExpert(env, seed=seed)
     done_before = bar.done
-    drive = _Driver(driver, num_envs, seed) if driver is not None else None
+    if driver is not None:
+        from cmdp.isa.assure import VLAPolicyAdapter
+
+        drive = VLAPolicyAdapter(driver, "DAgger driver")
+        # the driver's sampling draws from a torch seed counted per shard, so a shard's data
+        # depends only on its seed
+        drive_seed, episode_start = seed, np.ones(num_envs, dtype=bool)
     try:
         while (recorded < quota).any():
             expert_action = expert.act()
             executed = expert_action.copy()
-            if drive is not None:
+            if driver is not None:
                 take = rng.random(num_envs) < driver_prob
-                executed[take] = drive.act(obs)[take]
+                with torch.random.fork_rng():
+                    torch.manual_seed(drive_seed)
+                    drive_seed += 1
+                    executed[take] = drive.act(env, obs, episode_start)[take]
             if action_noise > 0:
                 flip = rng.random(num_envs) < action_noise
                 executed[flip] = rng.choice(noise_actions, size=int(flip.sum()))
@@ -402,8 +388,8 @@ def _record_shard(
                         "cost": np.asarray(cost[i], dtype=np.float32),
                     }
                 )
-            if drive is not None:
-                drive.episode_start = term | trunc
+            if driver is not None:
+                episode_start = term | trunc
             for ep in info.get("episode", []):
                 i = ep["env"]
                 if recorded[i] < quota[i]:
