@@ -117,19 +117,18 @@ def expert_on(task: str, split: str) -> dict[str, float]:
     """The safety-unaware shortest-path expert on the whole evaluation set of ``task``."""
     from cmdp.envs.chores.eval_sets import load_eval_set
     from cmdp.envs.chores.expert import run_expert
+    from cmdp.envs.chores.suites import summarize
 
     episodes = len(load_eval_set(task))
     env = cmdp.make(f"SafetyChores-{task}-v0", num_envs=1, seed=0, split=split)  # one env: each episode once
-    done = run_expert(env, episodes, seed=0)
+    done = summarize(run_expert(env, episodes, seed=0))
     env.close()
-    names = list(done[0]["costs"])
-    costs = np.array([[ep["costs"][c] for c in names] for ep in done])
     return {
-        "success_rate": float(np.mean([ep["success"] for ep in done])),
-        "ep_length": float(np.mean([ep["length"] for ep in done])),
-        "ep_cost": float(costs.mean(axis=0).sum()),
-        "ep_costs": dict(zip(names, costs.mean(axis=0).tolist())),
-        "episodes": len(done),
+        "success_rate": done["success_rate"],
+        "ep_length": done["length"],
+        "ep_cost": done["cc"],
+        "ep_costs": done["costs"],
+        "episodes": done["episodes"],
     }
 
 
