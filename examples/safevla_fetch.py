@@ -101,14 +101,13 @@ def fine_tune(name: str, policy, cmdp, solver: str, steps: int, seed: int, run_d
 
 
 
-def run_seed(seed: int, schedule: dict, args) -> dict:
+def run_seed(seed: int, start: VLAPolicy, schedule: dict, args) -> dict:
     out = args.out / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
     if (out / "result.json").exists():
         log(f"seed {seed}: finished earlier, reading {out / 'result.json'}")
         return json.loads((out / "result.json").read_text())
     t_seed = time.perf_counter()
-    start = il_policy(args.il, args.rebuild_il, args.out)
     cmdp = model("Fetch", cost_limit=COST_LIMIT, obs_mode="rgb", image_size=tuple(start.io["image_shape"][:2]))
     t0 = time.perf_counter()
     baseline = fine_tune("FLaRe baseline (PPO)", start, cmdp, "PPO", schedule["steps"], seed, out / "ppo")
@@ -206,7 +205,8 @@ def main() -> None:
         args.out = args.out.with_name(args.out.name + "_full")
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    results = [run_seed(seed, schedule, args) for seed in seeds]
+    start = il_policy(args.il, args.rebuild_il, args.out)  # once: --rebuild-il must not rebuild per seed
+    results = [run_seed(seed, start, schedule, args) for seed in seeds]
     print(table(results))
     if args.benchmarks is not None:
         write_benchmarks(args.benchmarks, results, "full" if args.full else "default")
