@@ -37,6 +37,28 @@ def test_ppolag_with_zero_multiplier_equals_ppo():
     assert torch.allclose(params(lag), params(ppo))
 
 
+@pytest.mark.parametrize("algo_cls", [PPOLag, CPO])
+def test_critic_warmup_freezes_actor_and_multipliers(algo_cls):
+    def actor_params(algo):
+        return torch.cat([p.detach().reshape(-1) for p in algo.policy.actor_parameters()])
+
+    def critic_params(algo):
+        return torch.cat([p.detach().reshape(-1) for p in algo.policy.critic_parameters()])
+
+    algo = algo_cls(CornerBandit(), cost_limit=0.5, seed=0, run_dir=False, critic_warmup_steps=128, **FAST)
+    actor0, critic0 = actor_params(algo), critic_params(algo)
+    lam0 = algo.multiplier.value.tolist() if hasattr(algo, "multiplier") else None
+    algo.learn(128)  # two epochs, both within the warm-up
+    assert torch.equal(actor_params(algo), actor0)
+    assert not torch.equal(critic_params(algo), critic0)
+    if lam0 is not None:
+        assert algo.multiplier.value.tolist() == lam0
+    assert algo.last_info["Train/CriticWarmup"] == 1.0
+    algo.learn(192)  # the first epoch past the warm-up trains the actor
+    assert not torch.equal(actor_params(algo), actor0)
+    assert "Train/CriticWarmup" not in algo.last_info
+
+
 @pytest.mark.parametrize("algo_cls", [PPOLag, PIDLag, FOCOPS, CPO])
 def test_resume_equals_uninterrupted(tmp_path, algo_cls):
     full = algo_cls(CornerBandit(), cost_limit=3.0, seed=0, run_dir=False, **FAST).learn(384)

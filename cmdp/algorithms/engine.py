@@ -68,6 +68,13 @@ class OnPolicyConfig(Config):
     actor_lr: float = option(3e-4, "Adam learning rate of the actor.", gt=0.0)
     critic_lr: float = option(1e-3, "Adam learning rate of the reward and cost critics.", gt=0.0)
     lr_schedule: str = option("constant", "Actor learning rate schedule over total_steps.", choices=("constant", "linear"))
+    critic_warmup_steps: int = option(
+        0,
+        "For the first this many env steps only the critics learn; the actor and the multipliers "
+        "stay put. Fine-tuning a pretrained actor against freshly initialised critics otherwise "
+        "follows advantage noise before the critics know anything (0: no warm-up).",
+        ge=0,
+    )
     clip_ratio: float = option(0.2, "PPO clip range epsilon: the ratio is clipped to [1-eps, 1+eps].", gt=0.0)
     target_kl: float | None = option(
         0.02,
@@ -630,6 +637,9 @@ class OnPolicyAlgorithm:
             nn.utils.clip_grad_norm_(list(params), self.config.max_grad_norm)
 
     def _update(self, data: dict[str, Any], stats: EpochStats) -> dict[str, float]:
+        if self.global_step <= self.config.critic_warmup_steps:
+            self._advantages(data)  # the critics' regression targets
+            return self.minibatch_updates(data, train_actor=False) | {"Train/CriticWarmup": 1.0}
         info = self.update_multipliers(stats)
         self._advantages(data)
         if self.config.lr_schedule == "linear" and self._total_steps:
