@@ -12,6 +12,7 @@ from cmdp.envs.chores import catalog as cat
 from cmdp.envs.chores import text
 from cmdp.errors import ConfigError
 from cmdp.isa import demo_statistics, evaluate_policy, generate_demos, load_demos, train_bc, training_episodes
+from cmdp.isa.imitation import _segments
 from cmdp.policies.vla import VLAConfig, VLAPolicy, spaces_from_signature
 
 TINY = VLAConfig(
@@ -135,6 +136,9 @@ def test_dagger_round_records_expert_labels_on_the_policy_s_own_states(demo_dir,
     expert = load_demos(demo_dir, only_success=True)
     # the policy's episodes are kept whatever their outcome: their labels are the corrections
     assert both.num_episodes == expert.num_episodes + a.num_episodes
+    assert not a.success.any()  # an untrained driver fails, and behaviour cloning still uses its steps:
+    scored = sum(seg.end - seg.scored_from for seg in _segments(both, True, 16, TINY.context))
+    assert scored == both.num_steps
     with pytest.raises(ConfigError, match="other settings"):
         generate_demos(out_dir=tmp_path / "a", episode_list=specs[:2], driver=driver, driver_prob=0.5,
                        progress=False, **args)  # fmt: skip

@@ -84,7 +84,8 @@ class Demos:
     ``executed`` what the env ran (they differ only where action noise was injected);
     ``rewards`` ``[T]``, ``costs`` ``[T, K]``. Episode ``e`` covers steps
     ``offsets[e] : offsets[e] + lengths[e]``; ``success``, ``returns`` ``[E]`` and
-    ``episode_costs`` ``[E, K]`` describe it.
+    ``episode_costs`` ``[E, K]`` describe it; ``driven`` ``[E]`` marks the episodes a policy drove
+    (DAgger), whose labels are corrections whatever the outcome.
     """
 
     task: str
@@ -99,6 +100,7 @@ class Demos:
     episode_costs: np.ndarray
     episode_ids: np.ndarray
     cost_names: tuple[str, ...]
+    driven: np.ndarray | None = None  # None: nobody but the expert drove
 
     @property
     def offsets(self) -> np.ndarray:
@@ -490,6 +492,7 @@ def load_demos(paths: str | Path | Sequence[str | Path], only_success: bool = Fa
         episode_costs=cat_("episode_costs"),
         episode_ids=cat_("episode_ids"),
         cost_names=tuple(str(c) for c in parts[0]["cost_names"]),
+        driven=np.concatenate([np.full(len(p["lengths"]), driven) for p, (_, driven) in zip(parts, shards)]),
     )
 
 
@@ -561,7 +564,9 @@ class _Segment:
 def _segments(demos: Demos, only_success: bool, length: int, context: int) -> list[_Segment]:
     out = []
     for e, (off, n) in enumerate(zip(demos.offsets, demos.lengths)):
-        if only_success and not demos.success[e]:
+        # a policy-driven (DAgger) episode is kept whatever its outcome: most of them fail, and
+        # their labels are exactly the corrections the policy needs
+        if only_success and not demos.success[e] and not (demos.driven is not None and demos.driven[e]):
             continue
         for s in range(0, int(n), length):
             out.append(_Segment(int(off) + max(0, s - (context - 1)), int(off) + s, int(off) + min(s + length, int(n))))
