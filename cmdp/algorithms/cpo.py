@@ -84,10 +84,12 @@ class CPO(OnPolicyAlgorithm):
         g = flat_grad(reward_surr, params, retain_graph=True)
         b = torch.stack([flat_grad(cost_surr[k], params, retain_graph=True) for k in range(len(cost_surr))])
 
+        # the KL gradient's graph is built once and differentiated again by every product
+        kl = masked_mean(self.policy.evaluate(fvp_batch).dist.kl_from(fvp_batch["old_dist"]), fvp_batch["mask"])
+        grad_kl = flat_grad(kl, params, create_graph=True)
+
         def fvp(v: torch.Tensor) -> torch.Tensor:
-            kl = masked_mean(self.policy.evaluate(fvp_batch).dist.kl_from(fvp_batch["old_dist"]), fvp_batch["mask"])
-            grad_kl = flat_grad(kl, params, create_graph=True)
-            return flat_grad(grad_kl @ v, params) + c.cg_damping * v
+            return flat_grad(grad_kl @ v, params, retain_graph=True) + c.cg_damping * v
 
         h_inv_g = conjugate_gradient(fvp, g, iters=c.cg_iters)
         h_inv_b = torch.stack([conjugate_gradient(fvp, b[k], iters=c.cg_iters) for k in range(len(b))])

@@ -328,9 +328,13 @@ class OnPolicyAlgorithm:
         stopped_at = c.update_epochs if train_actor else 0
         for pass_ in range(c.update_epochs):
             for mb in self._minibatches(data):
-                out = self.policy.evaluate(mb)
-                loss_v = masked_mean((out.value - mb["ret"]).pow(2), mb["mask"])
-                loss_c = masked_mean((out.cost_value - mb["cost_ret"]).pow(2).mean(-1), mb["mask"])
+                if train_actor or self.policy.is_sequence:
+                    out = self.policy.evaluate(mb)
+                    value, cost_value = out.value, out.cost_value
+                else:  # the critics alone: no actor forward pass
+                    value, cost_value = self.policy.values(mb["obs"])
+                loss_v = masked_mean((value - mb["ret"]).pow(2), mb["mask"])
+                loss_c = masked_mean((cost_value - mb["cost_ret"]).pow(2).mean(-1), mb["mask"])
                 loss = loss_v + loss_c
                 _accumulate(critic_sums, {"Loss/value": loss_v, "Loss/cost_value": loss_c})
                 self.critic_optimizer.zero_grad(set_to_none=True)
