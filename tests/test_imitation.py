@@ -142,3 +142,13 @@ def test_dagger_round_records_expert_labels_on_the_policy_s_own_states(demo_dir,
     with pytest.raises(ConfigError, match="other settings"):
         generate_demos(out_dir=tmp_path / "a", episode_list=specs[:2], driver=driver, driver_prob=0.5,
                        progress=False, **args)  # fmt: skip
+
+
+def test_cli_takes_one_dagger_probability_or_one_per_round(tmp_path, capsys):
+    from cmdp.isa.imitation import main
+
+    for bad, why in ((["0.5", "0.7", "0.9"], "one per round"), (["1.5"], r"in \[0, 1\]")):
+        with pytest.raises(SystemExit):
+            main(["--out", str(tmp_path), "--dagger-rounds", "2", "--dagger-prob", *bad])
+        assert why.replace("\\", "") in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # rejected before any work

@@ -851,13 +851,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--dagger-rounds", type=int, default=0, help="DAgger rounds after behaviour cloning")
     p.add_argument("--dagger-episodes", type=int, default=400, help="episodes the policy drives per round")
-    p.add_argument("--dagger-prob", type=float, default=0.7, help="probability that the policy's action runs")
+    p.add_argument(
+        "--dagger-prob", type=float, nargs="+", default=[0.7],
+        help="probability that the policy's action runs: one value for every round, or one per round "
+        "(rising values let later rounds visit the states the policy reaches on its own)",
+    )  # fmt: skip
     p.add_argument("--dagger-max-steps", type=int, default=300, help="time limit of the DAgger episodes")
     p.add_argument("--dagger-steps", type=int, default=1500, help="gradient steps per round")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--eval-episodes", type=int, default=None, help="default: the whole evaluation set")
     p.add_argument("--eval-split", default="eval", choices=("eval", "train"))
     args = p.parse_args(argv)
+    if len(args.dagger_prob) not in (1, max(args.dagger_rounds, 1)):
+        p.error(f"--dagger-prob takes one value or one per round ({args.dagger_rounds}), got {len(args.dagger_prob)}")
+    if not all(0.0 <= x <= 1.0 for x in args.dagger_prob):
+        p.error(f"--dagger-prob values must lie in [0, 1], got {args.dagger_prob}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)
     image_size = tuple(args.image_size)
@@ -874,7 +882,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         dirs.append(
             generate_demos(
                 args.task, args.dagger_episodes, args.num_envs, args.seed + r, out / f"dagger{r}", image_size,
-                driver=policy, driver_prob=args.dagger_prob, max_episode_steps=args.dagger_max_steps,
+                driver=policy, driver_prob=args.dagger_prob[min(r, len(args.dagger_prob)) - 1],
+                max_episode_steps=args.dagger_max_steps,
             )  # fmt: skip
         )
         policy, history = train_bc(
