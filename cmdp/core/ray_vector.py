@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 import traceback
 import weakref
 from dataclasses import dataclass
