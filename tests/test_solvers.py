@@ -50,13 +50,29 @@ def test_ppo_exceeds_the_limit():
     assert value.return_ > solve_lp(algo.env.unwrapped, DEFAULT_COST_LIMIT).return_
 
 
+# The two-channel optimum randomises in two cells, and a Lagrangian iterate oscillates around
+# such a mixed optimum: with the default damping (0.1) and 90 epochs PPOLag met both limits on 1
+# seed of 3, and with 150 epochs on 2 (the third 6% over on water). Stronger proportional damping
+# (0.3) and 150 epochs met them on all three (costs <= 1.04x the limits, return >= 0.99x the
+# optimum), so the test runs that setting on three seeds instead of the one seed that passes.
+TWO_CHANNEL = {
+    "PPOLag": (dict(lambda_damping=0.3), 150 * 4096, (0, 1, 2)),
+    "CPO": ({}, STEPS, (0,)),  # CPO's K=2 dual
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("algo_cls", [PPOLag, CPO])  # a multiplier per channel; CPO's K=2 dual
-def test_two_channel_cmdp_meets_both_limits(algo_cls):
-    algo = algo_cls("TwoChannelGrid-v0", cost_limit=list(DEFAULT_COST_LIMITS), seed=0, run_dir=False, **TRAIN)
+@pytest.mark.parametrize(
+    "algo_cls, seed", [(cls, seed) for cls in (PPOLag, CPO) for seed in TWO_CHANNEL[cls.name][2]]
+)
+def test_two_channel_cmdp_meets_both_limits(algo_cls, seed):
+    config, steps, _ = TWO_CHANNEL[algo_cls.name]
+    algo = algo_cls(
+        "TwoChannelGrid-v0", cost_limit=list(DEFAULT_COST_LIMITS), seed=seed, run_dir=False, **TRAIN, **config
+    )
     optimum = solve_lp(algo.env.unwrapped, list(DEFAULT_COST_LIMITS))
     unconstrained = solve_lp(algo.env.unwrapped, None)
-    algo.learn(STEPS)
+    algo.learn(steps)
     value = exact_value(algo)
     for k, limit in enumerate(DEFAULT_COST_LIMITS):
         assert unconstrained.costs[k] > 1.5 * limit  # each constraint binds
