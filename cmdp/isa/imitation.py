@@ -100,7 +100,7 @@ class Demos:
     episode_costs: np.ndarray
     episode_ids: np.ndarray
     cost_names: tuple[str, ...]
-    driven: np.ndarray | None = None  # None: nobody but the expert drove
+    driven: np.ndarray
 
     @property
     def offsets(self) -> np.ndarray:
@@ -450,9 +450,16 @@ def _shard_files(paths: str | Path | Sequence[str | Path]) -> tuple[str, list[tu
     return tasks.pop(), shards
 
 
-def _read_shard(path: Path, keys: Sequence[str], only_success: bool) -> dict[str, np.ndarray]:
+def _cloned(success: np.ndarray, driven: np.ndarray | bool) -> np.ndarray:
+    """Which episodes behaviour cloning with ``only_success`` uses: the successes, and every
+    episode a policy drove (DAgger), whose labels are corrections whatever the outcome."""
+    return success | driven
+
+
+def _read_shard(path: Path, keys: Sequence[str], only_success: bool, driven: bool) -> dict[str, np.ndarray]:
     """The arrays ``keys`` of one shard (npz members are read lazily, so episode-level keys
-    alone cost no image decoding); with ``only_success`` the failed episodes' rows are dropped."""
+    alone cost no image decoding); with ``only_success`` the rows of the episodes behaviour
+    cloning does not use (:func:`_cloned`) are dropped."""
     try:
         with np.load(path, allow_pickle=False) as z:
             wanted = set(keys) | {"lengths", "success", "cost_names"}
@@ -462,7 +469,7 @@ def _read_shard(path: Path, keys: Sequence[str], only_success: bool) -> dict[str
             f"demonstration shard {path} is corrupted ({e}); delete it and rerun generate_demos"
         ) from e
     if only_success:
-        keep = arrays["success"]
+        keep = _cloned(arrays["success"], driven)
         step_keep = np.repeat(keep, arrays["lengths"])
         arrays = {
             k: v[keep] if k in _EPISODE_KEYS else v[step_keep] if k in _STEP_KEYS else v for k, v in arrays.items()
@@ -477,7 +484,7 @@ def load_demos(paths: str | Path | Sequence[str | Path], only_success: bool = Fa
     episodes a policy drove are kept whatever their outcome, since their labels are exactly the
     corrections that policy needs."""
     task, shards = _shard_files(paths)
-    parts = [_read_shard(p, _STEP_KEYS + _EPISODE_KEYS, only_success and not driven) for p, driven in shards]
+    parts = [_read_shard(p, _STEP_KEYS + _EPISODE_KEYS, only_success, driven) for p, driven in shards]
     cat_ = lambda key: np.concatenate([p[key] for p in parts])  # noqa: E731
     return Demos(
         task=task,
@@ -501,7 +508,7 @@ def demo_statistics(path: str | Path | Sequence[str | Path]) -> dict[str, Any]:
     episodes, steps, success rate, episode length, cumulative cost per component. Reads no
     images."""
     task, shards = _shard_files(path)
-    parts = [_read_shard(p, _EPISODE_KEYS, only_success=False) for p, _ in shards]
+    parts = [_read_shard(p, _EPISODE_KEYS, only_success=False, driven=driven) for p, driven in shards]
     lengths = np.concatenate([p["lengths"] for p in parts])
     costs = np.concatenate([p["episode_costs"] for p in parts])
     names = [str(c) for c in parts[0]["cost_names"]]
@@ -563,10 +570,9 @@ class _Segment:
 
 def _segments(demos: Demos, only_success: bool, length: int, context: int) -> list[_Segment]:
     out = []
+    used = _cloned(demos.success, demos.driven) if only_success else np.ones(demos.num_episodes, dtype=bool)
     for e, (off, n) in enumerate(zip(demos.offsets, demos.lengths)):
-        # a policy-driven (DAgger) episode is kept whatever its outcome: most of them fail, and
-        # their labels are exactly the corrections the policy needs
-        if only_success and not demos.success[e] and not (demos.driven is not None and demos.driven[e]):
+        if not used[e]:
             continue
         for s in range(0, int(n), length):
             out.append(_Segment(int(off) + max(0, s - (context - 1)), int(off) + s, int(off) + min(s + length, int(n))))
