@@ -872,6 +872,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         p.error(f"--dagger-prob takes one value or one per round ({args.dagger_rounds}), got {len(args.dagger_prob)}")
     if not all(0.0 <= x <= 1.0 for x in args.dagger_prob):
         p.error(f"--dagger-prob values must lie in [0, 1], got {args.dagger_prob}")
+    round_probs = args.dagger_prob * args.dagger_rounds if len(args.dagger_prob) == 1 else args.dagger_prob
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)
     image_size = tuple(args.image_size)
@@ -888,7 +889,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         dirs.append(
             generate_demos(
                 args.task, args.dagger_episodes, args.num_envs, args.seed + r, out / f"dagger{r}", image_size,
-                driver=policy, driver_prob=args.dagger_prob[min(r, len(args.dagger_prob)) - 1],
+                driver=policy, driver_prob=round_probs[r - 1],
                 max_episode_steps=args.dagger_max_steps,
             )  # fmt: skip
         )
