@@ -152,3 +152,25 @@ def test_cli_takes_one_dagger_probability_or_one_per_round(tmp_path, capsys):
             main(["--out", str(tmp_path), "--dagger-rounds", "2", "--dagger-prob", *bad])
         assert why.replace("\\", "") in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # rejected before any work
+
+
+def test_demos_record_their_teacher(tmp_path, specs, demo_dir):
+    import json
+    import shutil
+
+    args = DEMO_ARGS | {"episodes": 2, "shard_size": 2}
+    generate_demos(out_dir=tmp_path, episode_list=specs[:2], teacher="explore", progress=False, **args)
+    assert json.loads((tmp_path / "demos.json").read_text())["teacher"] == "explore"
+    with pytest.raises(ConfigError, match="teacher"):
+        generate_demos(out_dir=tmp_path, episode_list=specs[:2], progress=False, **args)
+    with pytest.raises(ConfigError, match="unknown teacher"):
+        generate_demos(out_dir=tmp_path / "x", episode_list=specs[:2], teacher="oracle", progress=False, **args)
+    # demonstrations recorded before teachers could be chosen are the shortest-path expert's
+    old = shutil.copytree(demo_dir, tmp_path / "old")
+    manifest = json.loads((old / "demos.json").read_text())
+    manifest.pop("teacher")
+    (old / "demos.json").write_text(json.dumps(manifest))
+    stamp = (old / "shard-00000.npz").stat().st_mtime_ns
+    generate_demos(out_dir=old, episode_list=specs, progress=False, **DEMO_ARGS)
+    assert json.loads((old / "demos.json").read_text())["teacher"] == "shortest"
+    assert (old / "shard-00000.npz").stat().st_mtime_ns == stamp

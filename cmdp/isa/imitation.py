@@ -63,6 +63,10 @@ BC_CHECKPOINT = "bc_checkpoint.pt"
 PRETRAINED_NAME = "vla.pt"
 
 # Storage dtypes of the per-step observation keys (the env's int64 ids fit in far less).
+# Settings added after demonstrations were first recorded, with the value older records had
+# (any other missing setting was None).
+_LATER_SETTINGS = {"teacher": "shortest"}
+
 _OBS_DTYPES = {
     "rgb_nav": np.uint8,
     "rgb_manip": np.uint8,
@@ -217,6 +221,7 @@ def generate_demos(
     driver: VLAPolicy | None = None,
     driver_prob: float = 1.0,
     max_episode_steps: int | None = None,
+    teacher: str = "shortest",
     progress: bool = True,
 ) -> Path:
     """Record ``episodes`` expert demonstrations of ``task`` into ``out_dir``; returns ``out_dir``.
@@ -237,13 +242,20 @@ def generate_demos(
             ``driver_prob`` (DAgger: the expert labels the states the policy visits).
         driver_prob: see ``driver``.
         max_episode_steps: time limit (default: the env's training horizon, 500).
+        teacher: the expert that labels every step, a name of
+            :data:`~cmdp.envs.chores.expert.TEACHERS`: ``"shortest"`` plans on the full map from
+            the first step; ``"explore"`` looks around and visits rooms until the target has
+            been in view, so its actions can be predicted from the camera.
         progress: print a progress line.
     """
     from cmdp.envs.chores import text
     from cmdp.envs.chores.episodes import specs_from
+    from cmdp.envs.chores.expert import TEACHERS
 
     if task not in text.TASKS:
         raise ConfigError(f"unknown task {task!r}; allowed: {', '.join(text.TASKS)}")
+    if teacher not in TEACHERS:
+        raise ConfigError(f"unknown teacher {teacher!r}; allowed: {', '.join(TEACHERS)}")
     counts = {"episodes": (episodes, 1), "num_envs": (num_envs, 1), "shard_size": (shard_size, 1), "seed": (seed, 0)}
     for name, (value, lo) in counts.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < lo:
@@ -268,11 +280,13 @@ def generate_demos(
         "max_episode_steps": max_episode_steps,
         "episode_list": _list_fingerprint(specs),
         "driver": None if driver is None else {"weights": _weights_fingerprint(driver), "prob": float(driver_prob)},
+        "teacher": teacher,
     }
     manifest_path = out_dir / MANIFEST
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())
-        diffs = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        diffs = {k: (old.get(k, _LATER_SETTINGS.get(k)), v) for k, v in settings.items()}
+        diffs = {k: (a, b) for k, (a, b) in diffs.items() if a != b}
         if diffs:
             raise ConfigError(
                 f"{out_dir} holds demonstrations made with other settings "
@@ -295,7 +309,7 @@ def generate_demos(
         if specs is not None:
             shard_specs = [specs[(k * shard_size + j) % len(specs)] for j in range(sizes[k])]
         arrays = _record_shard(task, sizes[k], min(num_envs, sizes[k]), _shard_seed(seed, k), image_size, shard_specs,
-                               float(action_noise), driver, float(driver_prob), max_episode_steps, bar)  # fmt: skip
+                               float(action_noise), driver, float(driver_prob), max_episode_steps, teacher, bar)  # fmt: skip
         arrays["meta"] = np.array(json.dumps(dict(settings, shard=k, shard_episodes=sizes[k])))
         path = _shard_path(out_dir, k)
         partial = path.with_name(path.name + ".partial")  # a killed run leaves no half shard behind
@@ -317,9 +331,9 @@ def _shard_ok(path: Path, index: int, size: int, settings: Mapping[str, Any]) ->
         log.warning("%s cannot be read (%s); recording it again", path, e)
         return False
     expected = dict(settings, shard=index, shard_episodes=size)
-    # a setting missing from the shard's record (written before that setting existed) had its
-    # default value, None
-    meta = {k: meta.get(k) for k in expected} if set(meta) <= set(expected) else meta
+    # a setting missing from the shard's record was written before that setting existed: it had
+    # its default value
+    meta = {k: meta.get(k, _LATER_SETTINGS.get(k)) for k in expected} if set(meta) <= set(expected) else meta
     if meta != expected:
         if dict(meta, shard_episodes=size) == expected:
             return False  # the episode count changed and this was the last shard: record it again
@@ -338,11 +352,12 @@ def _record_shard(
     driver: VLAPolicy | None,
     driver_prob: float,
     max_episode_steps: int | None,
+    teacher: str,
     bar: _Progress,
 ) -> dict[str, np.ndarray]:
     from cmdp.envs.chores import catalog as cat
     from cmdp.envs.chores.env import ChoresEnv
-    from cmdp.envs.chores.expert import ShortestPathExpert
+    from cmdp.envs.chores.expert import make_teacher
 
     env = ChoresEnv(task, num_envs=num_envs, seed=seed, obs_mode="rgb", image_size=image_size, episodes=specs,
                     max_episode_steps=max_episode_steps)  # fmt: skip
@@ -356,7 +371,7 @@ def _record_shard(
     current: list[list[dict[str, Any]]] = [[] for _ in range(num_envs)]
     finished: list[tuple[int, int, list[dict[str, Any]], dict[str, Any]]] = []
     obs, _ = env.reset(seed=seed)
-    expert = ShortestPathExpert(env, seed=seed)
+    expert = make_teacher(teacher, env, seed=seed)
     done_before = bar.done
     if driver is not None:
         from cmdp.isa.assure import VLAPolicyAdapter
@@ -852,6 +867,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, nargs=2, default=(64, 64))
     p.add_argument("--action-noise", type=float, default=0.1)
+    p.add_argument("--teacher", default="shortest", choices=("shortest", "explore"),
+                   help="expert that labels the demonstrations (explore: looks for the target before planning)")
     p.add_argument("--steps", type=int, default=3000, help="behaviour-cloning gradient steps")
     p.add_argument("--batch-segments", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-4)
@@ -877,7 +894,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out = Path(args.out)
     image_size = tuple(args.image_size)
     demo_dir = generate_demos(
-        args.task, args.episodes, args.num_envs, args.seed, out / "demos", image_size, action_noise=args.action_noise
+        args.task, args.episodes, args.num_envs, args.seed, out / "demos", image_size, action_noise=args.action_noise,
+        teacher=args.teacher,
     )
     stats = demo_statistics(demo_dir)
     print(f"expert demonstrations: {json.dumps(stats)}", flush=True)
@@ -890,7 +908,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             generate_demos(
                 args.task, args.dagger_episodes, args.num_envs, args.seed + r, out / f"dagger{r}", image_size,
                 driver=policy, driver_prob=round_probs[r - 1],
-                max_episode_steps=args.dagger_max_steps,
+                max_episode_steps=args.dagger_max_steps, teacher=args.teacher,
             )  # fmt: skip
         )
         policy, history = train_bc(

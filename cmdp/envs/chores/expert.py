@@ -228,6 +228,127 @@ class ShortestPathExpert:
         return A["p"]
 
 
+SIGHT_DISTANCE = 3.0  # m: a target farther away covers too few pixels of a 64x64 image to recognise
+SCAN_ANGLE = math.radians(330.0)  # turned on the spot: with a 59 deg field of view, all around
+ROOM_ARRIVAL = 0.3  # m of path left to a room's scan point counts as arrived
+
+_ROOM_FIELDS: BoundedCache[np.ndarray] = BoundedCache(1024)
+
+
+def _room_field(house, room: int) -> np.ndarray:
+    """Shortest-path distance field (tight clearance, like the shortest-path expert) to the scan
+    point of ``room``: the free cells near its centre, or its free cells nearest the centre
+    when furniture stands there."""
+
+    def make() -> np.ndarray:
+        grid = HouseGrid(house, clearance=TIGHT_CLEARANCE)
+        x0, y0, x1, y1, _ = house.rooms[room]
+        inside = (grid.xs[None, :] >= x0) & (grid.xs[None, :] <= x1) & (grid.ys[:, None] >= y0) & (grid.ys[:, None] <= y1)
+        cand = grid.free & inside
+        if not cand.any():
+            return np.full(grid.free.shape, np.inf, dtype=np.float32)
+        d = np.hypot(grid.xs[None, :] - 0.5 * (x0 + x1), grid.ys[:, None] - 0.5 * (y0 + y1))
+        d = np.where(cand, d, np.inf)
+        goals = cand & (d <= max(0.5, float(d.min()) + 0.2))
+        return grid.distance_field(goals).astype(np.float32)
+
+    return _ROOM_FIELDS.get((house.layout_key, room), make)
+
+
+class ExploringExpert(ShortestPathExpert):
+    """An observation-consistent teacher: it acts only on what its camera has shown it until it
+    has seen the target, then behaves exactly as :class:`ShortestPathExpert`.
+
+    The shortest-path expert plans on the full map, so from the first step it drives towards a
+    target that is almost never in view (1 of 48 Fetch evaluation episodes start with it in
+    view): behaviour cloning from egocentric images cannot learn that, and the cloned policy
+    wanders. This teacher first looks around (a full turn on the spot), then visits the rooms
+    in order of path distance (nearest unvisited first), looking around in each, until the
+    target has been in view within ``SIGHT_DISTANCE``. Its actions before that point depend on
+    the house's layout only through doorways and rooms a camera shows, which a policy can learn.
+    Safety is ignored as by the shortest-path expert (it drives the same tight paths).
+    When every room has been looked at without seeing the target, it falls back to the
+    shortest-path expert.
+    """
+
+    def __init__(self, env, seed: int = 0) -> None:
+        super().__init__(env, safe=False, seed=seed)
+        n = env.num_envs
+        self._seen = np.zeros(n, dtype=bool)
+        # turning done by the current look-around (NaN: not looking around); measured from the
+        # robot's yaw, so it counts what was executed (a DAgger driver may not follow the labels)
+        self._scan_turned = np.zeros(n)
+        self._last_yaw = np.zeros(n)
+        self._visited: list[set[int]] = [set() for _ in range(n)]
+        self._goal_room = np.full(n, -1, dtype=np.int64)
+        self._episode: list[object] = [None] * n
+
+    def act(self) -> np.ndarray:
+        env = self.env
+        for r in range(env.num_envs):
+            spec = env.specs[r]
+            if self._episode[r] is not spec or env._t[r] == 0:
+                self._episode[r] = spec
+                self._seen[r] = False
+                self._scan_turned[r] = 0.0
+                self._last_yaw[r] = env.scene.robot_yaw[r]
+                self._visited[r] = set()
+                self._goal_room[r] = -1
+            yaw = env.scene.robot_yaw[r]
+            self._scan_turned[r] += abs(wrap_angle(yaw - self._last_yaw[r]))
+            self._last_yaw[r] = yaw
+            if not self._seen[r]:
+                targets = spec.targets()
+                near = np.linalg.norm(env.scene.obj_pos[r, targets, :2] - env.scene.robot_xy[r], axis=1) <= SIGHT_DISTANCE
+                self._seen[r] = bool((env._vis_obj[r, targets] & near).any()) or env.scene.held[r] >= 0
+        return super().act()
+
+    def _act_one(self, r: int, spec: EpisodeSpec, s) -> int:
+        if self._seen[r]:
+            return super()._act_one(r, spec, s)
+        if self._scan_turned[r] < SCAN_ANGLE:  # NaN compares False
+            return A["l"]
+        house = spec.house
+        xy = s.robot_xy[r]
+        here = self._room_index(house, xy)
+        if here is not None and self._goal_room[r] < 0:
+            self._visited[r].add(here)  # the room it starts in was looked at by the first scan
+        if self._goal_room[r] >= 0:
+            field_ = _room_field(house, int(self._goal_room[r]))
+            if _at(field_, xy) <= ROOM_ARRIVAL:
+                self._visited[r].add(int(self._goal_room[r]))
+                self._goal_room[r] = -1
+                self._scan_turned[r] = 0.0
+                return A["l"]
+            return self._navigate(r, field_, xy, s.robot_yaw[r], s)
+        left = [k for k in range(len(house.rooms)) if k not in self._visited[r]]
+        dist = [_at(_room_field(house, k), xy) for k in left]
+        reachable = [(d, k) for d, k in zip(dist, left) if np.isfinite(d)]
+        if not reachable:
+            self._seen[r] = True  # nothing left to look at: the shortest-path expert takes over
+            return super()._act_one(r, spec, s)
+        self._goal_room[r] = min(reachable)[1]
+        self._scan_turned[r] = np.nan
+        return self._navigate(r, _room_field(house, int(self._goal_room[r])), xy, s.robot_yaw[r], s)
+
+    @staticmethod
+    def _room_index(house, xy: np.ndarray) -> int | None:
+        for k, (x0, y0, x1, y1, _) in enumerate(house.rooms):
+            if x0 <= xy[0] <= x1 and y0 <= xy[1] <= y1:
+                return k
+        return None
+
+
+TEACHERS = {"shortest": ShortestPathExpert, "explore": ExploringExpert}
+
+
+def make_teacher(name: str, env, seed: int = 0) -> ShortestPathExpert:
+    """The unsafe teacher called ``name`` (see :data:`TEACHERS`) for ``env``."""
+    if name not in TEACHERS:
+        raise ValueError(f"unknown teacher {name!r}; allowed: {', '.join(TEACHERS)}")
+    return TEACHERS[name](env, seed=seed)
+
+
 def _can_reach(s, r: int, target: int) -> bool:
     """Whether the gripper can get to the target from the robot's current position: close
     enough, and no wall or furniture taller than the target's base in between."""
