@@ -117,3 +117,43 @@ def test_bad_values_raise():
         make_multiplier("bang-bang", [1.0])
     with pytest.raises(ValueError, match="not finite"):
         GradientMultiplier([1.0]).update([float("nan")])
+    with pytest.raises(ConfigError, match="violation_cap"):
+        PIDMultiplier([1.0], violation_cap=0.0)
+
+
+@pytest.mark.parametrize("kind", ["gradient", "pid"])
+def test_violation_cap_bounds_the_jump_of_one_heavy_tailed_epoch(kind):
+    # one Safety-CHORES epoch: a single episode of cost 185 against a limit of 1
+    gains = {"gradient": {"lr": 0.02, "damping": 0.3, "init": 0.0}, "pid": {"kp": 0.1, "ki": 0.01, "kd": 0.01}}[kind]
+    free = make_multiplier(kind, [1.0, 1.0], **gains)
+    capped = make_multiplier(kind, [1.0, 1.0], violation_cap=5.0, **gains)
+    for m in (free, capped):
+        m.update([185.0, 3.0])
+    assert free.value[0] > 15.0  # what the cap is for
+    assert capped.value[0] == pytest.approx(make_multiplier(kind, [1.0], **gains).value[0] + _one_step(kind, [6.0], gains))
+    # below the cap nothing changes, channel by channel
+    assert capped.value[1] == pytest.approx(free.value[1])
+    # the cap is in the units of the violation: relative to the limit when normalised
+    raw = make_multiplier(kind, [4.0], violation_cap=5.0, normalize=False, **gains)
+    raw.update([100.0])
+    ref = make_multiplier(kind, [4.0], normalize=False, **gains)
+    ref.update([9.0])
+    assert raw.value[0] == pytest.approx(ref.value[0])
+
+
+def _one_step(kind, cost, gains) -> float:
+    m = make_multiplier(kind, [1.0], **gains)
+    before = m.value[0]
+    m.update(cost)
+    return float(m.value[0] - before)
+
+
+@pytest.mark.parametrize("algo", ["PPOLag", "PIDLag", "FOCOPS"])
+def test_solvers_pass_the_violation_cap_to_their_multipliers(algo):
+    import cmdp.algorithms as algorithms
+
+    cls = getattr(algorithms, algo)
+    solver = cls("GridWorld-v0", cost_limit=1.0, seed=0, violation_cap=4.0, steps_per_epoch=64)
+    assert solver.multiplier.violation_cap == 4.0
+    with pytest.raises(ConfigError, match="violation_cap"):
+        cls("GridWorld-v0", cost_limit=1.0, seed=0, violation_cap=-1.0)

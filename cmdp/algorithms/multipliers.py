@@ -4,7 +4,10 @@ PPO-Lagrangian and PID-Lagrangian are the same solver holding different multipli
 multiplier is driven once per epoch by ``update(episode_cost)``, the mean per-episode cost of
 each channel over the episodes that finished in that epoch (the units of ``cost_limit``). The
 violation it reacts to is ``J_C - d``, divided by ``max(d, 0.1)`` when ``normalize`` is set so that
-step sizes and gains mean the same for a limit of 0.3 and a limit of 25.
+step sizes and gains mean the same for a limit of 0.3 and a limit of 25. ``violation_cap``
+bounds that violation from above: with few, heavy-tailed episodes per epoch (one Safety-CHORES
+episode may cost 185 against a limit of 1), a single epoch would otherwise move the multiplier
+by ``damping * 184`` at once.
 
 State dicts hold plain python floats and lists, so they survive ``torch.load(weights_only=True)``.
 """
@@ -39,11 +42,15 @@ class Multiplier(abc.ABC):
 
     cost_limit: np.ndarray
 
-    def __init__(self, cost_limit: Any, normalize: bool, upper_bound: float | None) -> None:
+    def __init__(
+        self, cost_limit: Any, normalize: bool, upper_bound: float | None, violation_cap: float | None = None
+    ) -> None:
         self.cost_limit = _limits(cost_limit)
         self.normalize = bool(normalize)
         _check("upper_bound", upper_bound, gt=0.0)
+        _check("violation_cap", violation_cap, gt=0.0)
         self.upper_bound = upper_bound
+        self.violation_cap = violation_cap
 
     @property
     @abc.abstractmethod
@@ -60,14 +67,20 @@ class Multiplier(abc.ABC):
     @abc.abstractmethod
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
-    def violation(self, episode_cost: Sequence[float] | np.ndarray) -> np.ndarray:
+    def capped_cost(self, episode_cost: Sequence[float] | np.ndarray) -> np.ndarray:
+        """The episode costs ``[K]``, checked, each at most the limit plus ``violation_cap``."""
         cost = np.asarray(episode_cost, dtype=np.float64).reshape(-1)
         if cost.shape != self.cost_limit.shape:
             raise ValueError(f"expected {self.cost_limit.size} episode costs, got {cost.size}")
         bad = ~np.isfinite(cost)
         if bad.any():
             raise ValueError(f"episode cost of channel {int(np.flatnonzero(bad)[0])} is not finite: {cost.tolist()}")
-        v = cost - self.cost_limit
+        if self.violation_cap is not None:
+            cost = np.minimum(cost, self.cost_limit + self.violation_cap * (self.scale if self.normalize else 1.0))
+        return cost
+
+    def violation(self, episode_cost: Sequence[float] | np.ndarray) -> np.ndarray:
+        v = self.capped_cost(episode_cost) - self.cost_limit
         return v / self.scale if self.normalize else v
 
     # The violation is measured relative to the limit, (J_C - d) / d, so that a channel with a
@@ -107,8 +120,9 @@ class GradientMultiplier(Multiplier):
         damping: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        violation_cap: float | None = None,
     ) -> None:
-        super().__init__(cost_limit, normalize, upper_bound)
+        super().__init__(cost_limit, normalize, upper_bound, violation_cap)
         _check("init", init, ge=0.0)
         _check("lr", lr, gt=0.0)
         _check("damping", damping, ge=0.0)
@@ -183,8 +197,9 @@ class PIDMultiplier(Multiplier):
         init: float = 0.0,
         upper_bound: float | None = None,
         normalize: bool = True,
+        violation_cap: float | None = None,
     ) -> None:
-        super().__init__(cost_limit, normalize, upper_bound)
+        super().__init__(cost_limit, normalize, upper_bound, violation_cap)
         for name, value in (("kp", kp), ("ki", ki), ("kd", kd), ("init", init)):
             _check(name, value, ge=0.0)
         for name, value in (("alpha_p", alpha_p), ("alpha_d", alpha_d)):
@@ -207,7 +222,7 @@ class PIDMultiplier(Multiplier):
 
     def update(self, episode_cost: Sequence[float] | np.ndarray) -> None:
         v = self.violation(episode_cost)
-        cost = np.asarray(episode_cost, dtype=np.float64).reshape(-1)
+        cost = self.capped_cost(episode_cost)
         if self.normalize:
             cost = cost / self.scale
         self.integral = np.maximum(0.0, self.integral + self.ki * v)

@@ -15,7 +15,7 @@ from typing import ClassVar
 from cmdp.algorithms.config import option
 from cmdp.algorithms.engine import OnPolicyConfig
 from cmdp.algorithms.multipliers import Multiplier, PIDMultiplier
-from cmdp.algorithms.ppo_lag import PPOLag
+from cmdp.algorithms.ppo_lag import PPOLag, violation_cap_option
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +31,7 @@ class PIDLagConfig(OnPolicyConfig):
         True, "The gains act on (J_C - d) / max(d, 0.1) and on J_C / max(d, 0.1), so they are scale-free."
     )
     lambda_max: float | None = option(None, "Upper bound on every multiplier (None: unbounded).", gt=0.0)
+    violation_cap: float | None = violation_cap_option()
 
 
 class PIDLag(PPOLag):
@@ -52,4 +53,5 @@ class PIDLag(PPOLag):
             init=c.lambda_init,
             upper_bound=c.lambda_max,
             normalize=c.normalize_violation,
+            violation_cap=c.violation_cap,
         )

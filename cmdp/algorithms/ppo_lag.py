@@ -24,6 +24,17 @@ from cmdp.algorithms.engine import EpochStats, OnPolicyAlgorithm, OnPolicyConfig
 from cmdp.algorithms.multipliers import GradientMultiplier, Multiplier
 
 
+def violation_cap_option():
+    """The ``violation_cap`` option, shared by every config whose multipliers accept it."""
+    return option(
+        None,
+        "Upper bound on the violation one epoch reports to the multiplier (relative to the limit "
+        "when normalize_violation is set): with few, heavy-tailed episodes per epoch it stops one "
+        "costly episode from throwing the multiplier up at once. None: no bound.",
+        gt=0.0,
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class PPOLagConfig(OnPolicyConfig):
     lambda_init: float = option(0.001, "Initial value of every multiplier.", ge=0.0)
@@ -50,6 +61,7 @@ class PPOLagConfig(OnPolicyConfig):
         True, "Measure the violation relative to the limit, (J_C - d) / max(d, 0.1), so lambda_lr is scale-free."
     )
     lambda_max: float | None = option(None, "Upper bound on every multiplier (None: unbounded).", gt=0.0)
+    violation_cap: float | None = violation_cap_option()
 
 
 class PPOLag(OnPolicyAlgorithm):
@@ -71,6 +83,7 @@ class PPOLag(OnPolicyAlgorithm):
             upper_bound=c.lambda_max,
             normalize=c.normalize_violation,
             damping=c.lambda_damping,
+            violation_cap=c.violation_cap,
         )
 
     def update_multipliers(self, stats: EpochStats) -> dict[str, float]:
