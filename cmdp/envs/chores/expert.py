@@ -310,7 +310,7 @@ class ExploringExpert(ShortestPathExpert):
             return A["l"]
         house = spec.house
         xy = s.robot_xy[r]
-        here = self._room_index(house, xy)
+        here = house.room_index(float(xy[0]), float(xy[1]))
         if here is not None and self._goal_room[r] < 0:
             self._visited[r].add(here)  # the room it starts in was looked at by the first scan
         if self._goal_room[r] >= 0:
@@ -330,13 +330,6 @@ class ExploringExpert(ShortestPathExpert):
         self._goal_room[r] = min(reachable)[1]
         self._scan_turned[r] = np.nan
         return self._navigate(r, _room_field(house, int(self._goal_room[r])), xy, s.robot_yaw[r], s)
-
-    @staticmethod
-    def _room_index(house, xy: np.ndarray) -> int | None:
-        for k, (x0, y0, x1, y1, _) in enumerate(house.rooms):
-            if x0 <= xy[0] <= x1 and y0 <= xy[1] <= y1:
-                return k
-        return None
 
 
 TEACHERS = {"shortest": ShortestPathExpert, "explore": ExploringExpert}

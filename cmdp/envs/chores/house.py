@@ -192,11 +192,16 @@ class House:
     def objects_of(self, category: str) -> np.ndarray:
         return np.flatnonzero(self.obj_cat == cat.CATEGORY_INDEX[category])
 
-    def room_of(self, x: float, y: float) -> str | None:
-        for x0, y0, x1, y1, kind in self.rooms:
+    def room_index(self, x: float, y: float) -> int | None:
+        """Index in ``rooms`` of the room holding the point (the first, on a shared wall)."""
+        for k, (x0, y0, x1, y1, _) in enumerate(self.rooms):
             if x0 <= x <= x1 and y0 <= y <= y1:
-                return kind
+                return k
         return None
+
+    def room_of(self, x: float, y: float) -> str | None:
+        k = self.room_index(x, y)
+        return None if k is None else self.rooms[k][4]
 
     def to_dict(self) -> dict[str, Any]:
         r = lambda a: np.round(np.asarray(a, dtype=float), 4).tolist()  # noqa: E731
