@@ -7,7 +7,8 @@ Every flag except ``--report`` goes to ``cmdp benchmark`` unchanged (``--full``,
 (or ``grid-full``). With ``--report`` the table of every finished cell of the grid goes into
 that Markdown file between the ``grid`` markers, with the date, the machine, the command and
 the measured wall time, and the learning-curve plots are copied to ``benchmarks/figures/``
-where BENCHMARKS.md shows them. Rerunning resumes a killed grid; the wall time written is the
+where BENCHMARKS.md shows them. ``--section NAME`` writes another table beside the main one
+(e.g. the Safety-CHORES cells, ``--envs SafetyChores-... --section grid_chores``). Rerunning resumes a killed grid; the wall time written is the
 sum over the invocations that ran cells (``OUT/invocations.json``), with the machine's load
 average at the end of the last one (the machine may be shared, and the steps/s depend on it).
 """
@@ -32,17 +33,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--report", type=Path, help="Markdown file to write the table into (e.g. BENCHMARKS.md)")
     parser.add_argument("--out", type=Path, help="output directory (default benchmarks/results/grid-small|full)")
+    parser.add_argument("--section", default="grid", help="BENCHMARKS.md section (and figure prefix) to write")
     args, passthrough = parser.parse_known_args()
     full = "--full" in passthrough
     out = args.out or Path("benchmarks/results") / f"grid-{'full' if full else 'small'}"
     code = cmdp_main(["benchmark", *passthrough, "--out", str(out)])
     if code not in (0, 1) or args.report is None:
         return code
-    _report(args.report, out, " ".join(["python benchmarks/grid.py", *passthrough]))
+    extra = [f"--out {args.out}"] if args.out else []
+    extra += [f"--section {args.section}"] if args.section != "grid" else []
+    _report(args.report, out, " ".join(["python benchmarks/grid.py", *passthrough, *extra]), args.section)
     return code
 
 
-def _report(path: Path, out: Path, command: str) -> None:
+def _report(path: Path, out: Path, command: str, section: str = "grid") -> None:
     plan = json.loads((out / "grid.json").read_text())
     specs = [CellSpec.from_dict(c) for c in plan["cells"]]
     results = []
@@ -84,13 +88,14 @@ def _report(path: Path, out: Path, command: str) -> None:
     FIGURES.mkdir(exist_ok=True)
     figures = []
     for png in sorted((out / "plots").glob("*.png")):
-        target = FIGURES / f"grid-{png.name}"
+        target = FIGURES / f"{section.replace('_', '-')}-{png.name}"
         shutil.copyfile(png, target)
         figures.append(f"![{png.stem}](benchmarks/figures/{target.name})")
     if figures:
         lines += ["", "Learning curves (training episodes, mean ± std over seeds; dots: evaluations; dashed: the limit):"]
         lines += ["", *figures]
-    update_section(path, "grid", "Solver comparison grid", "\n".join(lines))
+    title = "Solver comparison grid" + ("" if section == "grid" else f" ({', '.join(envs)})")
+    update_section(path, section, title, "\n".join(lines))
     print(f"wrote the grid table to {path}", file=sys.stderr)
 
 
