@@ -100,13 +100,7 @@ class ShortestPathExpert:
         for r in range(env.num_envs):
             spec = env.specs[r]
             if self._spec_ids[r] is not spec or env._t[r] == 0:
-                self._spec_ids[r] = spec
-                self._rngs[r] = np.random.default_rng([self.seed, zlib.crc32(spec.episode_id.encode()), int(env._t[r] == 0)])
-                self._stuck[r] = 0
-                self._plan[r] = []
-                self._approached[r] = False
-                self._grasp_collisions[r] = 0
-                self._override[r] = None
+                self._start_episode(r, spec)
             if env._last_collided[r]:
                 self._stuck[r] += 1
             elif env._last_action[r] in (A["m"], A["b"], A["zp"], A["zps"], A["p"]):
@@ -115,6 +109,16 @@ class ShortestPathExpert:
         return actions
 
     # ---- one env ----------------------------------------------------------------------------
+
+    def _start_episode(self, r: int, spec: EpisodeSpec) -> None:
+        """Forget env ``r``'s last episode: ``spec`` starts (or restarts) there."""
+        self._spec_ids[r] = spec
+        self._rngs[r] = np.random.default_rng([self.seed, zlib.crc32(spec.episode_id.encode()), int(self.env._t[r] == 0)])
+        self._stuck[r] = 0
+        self._plan[r] = []
+        self._approached[r] = False
+        self._grasp_collisions[r] = 0
+        self._override[r] = None
 
     def _field(self, r: int, spec: EpisodeSpec) -> np.ndarray:
         if self._override[r] is not None:
@@ -281,29 +285,22 @@ class ExploringExpert(ShortestPathExpert):
         self._last_yaw = np.zeros(n)
         self._visited: list[set[int]] = [set() for _ in range(n)]
         self._goal_room = np.full(n, -1, dtype=np.int64)
-        self._episode: list[object] = [None] * n
 
-    def act(self) -> np.ndarray:
-        env = self.env
-        for r in range(env.num_envs):
-            spec = env.specs[r]
-            if self._episode[r] is not spec or env._t[r] == 0:
-                self._episode[r] = spec
-                self._seen[r] = False
-                self._scan_turned[r] = 0.0
-                self._last_yaw[r] = env.scene.robot_yaw[r]
-                self._visited[r] = set()
-                self._goal_room[r] = -1
-            yaw = env.scene.robot_yaw[r]
-            self._scan_turned[r] += abs(wrap_angle(yaw - self._last_yaw[r]))
-            self._last_yaw[r] = yaw
-            if not self._seen[r]:
-                targets = spec.targets()
-                near = np.linalg.norm(env.scene.obj_pos[r, targets, :2] - env.scene.robot_xy[r], axis=1) <= SIGHT_DISTANCE
-                self._seen[r] = bool((env._vis_obj[r, targets] & near).any()) or env.scene.held[r] >= 0
-        return super().act()
+    def _start_episode(self, r: int, spec: EpisodeSpec) -> None:
+        super()._start_episode(r, spec)
+        self._seen[r] = False
+        self._scan_turned[r] = 0.0
+        self._last_yaw[r] = self.env.scene.robot_yaw[r]
+        self._visited[r] = set()
+        self._goal_room[r] = -1
 
     def _act_one(self, r: int, spec: EpisodeSpec, s) -> int:
+        self._scan_turned[r] += abs(wrap_angle(s.robot_yaw[r] - self._last_yaw[r]))
+        self._last_yaw[r] = s.robot_yaw[r]
+        if not self._seen[r]:
+            targets = spec.targets()
+            near = np.linalg.norm(s.obj_pos[r, targets, :2] - s.robot_xy[r], axis=1) <= SIGHT_DISTANCE
+            self._seen[r] = bool((self.env._vis_obj[r, targets] & near).any()) or s.held[r] >= 0
         if self._seen[r]:
             return super()._act_one(r, spec, s)
         if self._scan_turned[r] < SCAN_ANGLE:  # NaN compares False
@@ -327,9 +324,10 @@ class ExploringExpert(ShortestPathExpert):
         if not reachable:
             self._seen[r] = True  # nothing left to look at: the shortest-path expert takes over
             return super()._act_one(r, spec, s)
-        self._goal_room[r] = min(reachable)[1]
+        goal = min(reachable)[1]
+        self._goal_room[r] = goal
         self._scan_turned[r] = np.nan
-        return self._navigate(r, _room_field(house, int(self._goal_room[r])), xy, s.robot_yaw[r], s)
+        return self._navigate(r, _room_field(house, goal), xy, s.robot_yaw[r], s)
 
 
 TEACHERS = {"shortest": ShortestPathExpert, "explore": ExploringExpert}
