@@ -8,8 +8,8 @@ Every flag except ``--report`` goes to ``cmdp benchmark`` unchanged (``--full``,
 that Markdown file between the ``grid`` markers, with the date, the machine, the command and
 the measured wall time, and the learning-curve plots are copied to ``benchmarks/figures/``
 where BENCHMARKS.md shows them. ``--section NAME`` writes another table beside the main one
-(e.g. the Safety-CHORES cells, ``--envs SafetyChores-... --section grid_chores``). Rerunning resumes a killed grid; the wall time written is the
-sum over the invocations that ran cells (``OUT/invocations.json``), with the machine's load
+(e.g. the Safety-CHORES cells, ``--envs SafetyChores-... --section grid_chores``). Rerunning
+resumes a killed grid; the wall time written is the sum over the invocations that ran cells (``OUT/invocations.json``), with the machine's load
 average at the end of the last one (the machine may be shared, and the steps/s depend on it).
 """
 

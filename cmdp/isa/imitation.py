@@ -62,11 +62,11 @@ MANIFEST = "demos.json"
 BC_CHECKPOINT = "bc_checkpoint.pt"
 PRETRAINED_NAME = "vla.pt"
 
-# Storage dtypes of the per-step observation keys (the env's int64 ids fit in far less).
 # Settings added after demonstrations were first recorded, with the value older records had
 # (any other missing setting was None).
 _LATER_SETTINGS = {"teacher": "shortest"}
 
+# Storage dtypes of the per-step observation keys (the env's int64 ids fit in far less).
 _OBS_DTYPES = {
     "rgb_nav": np.uint8,
     "rgb_manip": np.uint8,
@@ -859,6 +859,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     the last training stage. Rerunning the same command continues where it stopped."""
     import argparse
 
+    from cmdp.envs.chores.expert import TEACHERS
+
     p = argparse.ArgumentParser(prog="python -m cmdp.isa.imitation", description=main.__doc__)
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--task", default="Fetch")
@@ -867,7 +869,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, nargs=2, default=(64, 64))
     p.add_argument("--action-noise", type=float, default=0.1)
-    p.add_argument("--teacher", default="shortest", choices=("shortest", "explore"),
+    p.add_argument("--teacher", default="shortest", choices=tuple(TEACHERS),
                    help="expert that labels the demonstrations (explore: looks for the target before planning)")
     p.add_argument("--steps", type=int, default=3000, help="behaviour-cloning gradient steps")
     p.add_argument("--batch-segments", type=int, default=16)
