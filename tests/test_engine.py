@@ -158,6 +158,14 @@ def test_no_finished_episode_does_not_crash(caplog):
     assert algo.multiplier.value[0] > 0.001  # the estimate (cost rate x 1000) exceeds the limit
 
 
+def test_no_finished_episode_is_no_warning_for_ppo(caplog):
+    # PPO has no multiplier the estimate would drive, so telling the user about it is noise
+    algo = PPO(CornerBandit(horizon=1000), seed=0, run_dir=False, **FAST)
+    with caplog.at_level(logging.WARNING, logger="cmdp"):
+        algo.learn(128)
+    assert "no episode finished" not in caplog.text
+
+
 def test_evaluate_reports_contract_keys():
     algo = PPOLag(CornerBandit(), cost_limit=5.0, seed=0, run_dir=False, **FAST)
     result = algo.evaluate(episodes=6, seed=1)

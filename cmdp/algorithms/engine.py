@@ -539,15 +539,17 @@ class OnPolicyAlgorithm:
         # from the unfinished episodes' cost rate times the typical episode length, rather than
         # averaging an empty window (NaN) or skipping the multiplier update silently.
         length = np.mean(self._recent_lengths) if self._recent_lengths else self.env.max_episode_steps
+        # PPO steers nothing by the episode cost, so the estimate is not worth a warning there
+        warn = log.warning if type(self).update_multipliers is not OnPolicyAlgorithm.update_multipliers else log.debug
         if length is None or self._ep_len.sum() == 0:
-            log.warning(
+            warn(
                 "epoch %d: no episode finished and no episode length is known; the multipliers keep their values",
                 self.epoch,
             )
             return EpochStats(None, None, 0)
         rate = self._ep_cost.sum(axis=0) / self._ep_len.sum()
         # said once per run: with long episodes and short epochs this is the normal case
-        (log.debug if self._estimate_warned else log.warning)(
+        (log.debug if self._estimate_warned else warn)(
             "epoch %d: no episode finished; multipliers are driven by the cost rate of the running "
             "episodes times the episode length %.0f",
             self.epoch,
