@@ -282,5 +282,5 @@ def test_exploring_teacher_solves_evaluation_episodes():
         _, _, _, _, _, info = env.step(expert.act())
         done += info.get("episode", [])
     assert np.mean([e["success"] for e in done[:24]]) >= 0.9
-    with pytest.raises(ValueError, match="explore"):
+    with pytest.raises(ConfigError, match="explore"):  # the same check generate_demos makes
         make_teacher("oracle", env)

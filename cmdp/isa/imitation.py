@@ -250,12 +250,11 @@ def generate_demos(
     """
     from cmdp.envs.chores import text
     from cmdp.envs.chores.episodes import specs_from
-    from cmdp.envs.chores.expert import TEACHERS
+    from cmdp.envs.chores.expert import check_teacher
 
     if task not in text.TASKS:
         raise ConfigError(f"unknown task {task!r}; allowed: {', '.join(text.TASKS)}")
-    if teacher not in TEACHERS:
-        raise ConfigError(f"unknown teacher {teacher!r}; allowed: {', '.join(TEACHERS)}")
+    check_teacher(teacher)  # before any shard work
     counts = {"episodes": (episodes, 1), "num_envs": (num_envs, 1), "shard_size": (shard_size, 1), "seed": (seed, 0)}
     for name, (value, lo) in counts.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < lo:

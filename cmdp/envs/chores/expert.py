@@ -23,6 +23,7 @@ from cmdp.envs.chores import catalog as cat
 from cmdp.envs.chores.cache import BoundedCache
 from cmdp.envs.chores.episodes import EpisodeSpec, field_key, goal_cells, goal_distance
 from cmdp.envs.chores.geometry import wrap_angle
+from cmdp.errors import ConfigError
 from cmdp.envs.chores.house import GRID_RES, HouseGrid, _free_mask, grid_of
 
 A = cat.ACTION_INDEX
@@ -333,10 +334,15 @@ class ExploringExpert(ShortestPathExpert):
 TEACHERS = {"shortest": ShortestPathExpert, "explore": ExploringExpert}
 
 
+def check_teacher(name: str) -> None:
+    """Raise :class:`~cmdp.errors.ConfigError` naming the allowed teachers unless ``name`` is one."""
+    if name not in TEACHERS:
+        raise ConfigError(f"unknown teacher {name!r}; allowed: {', '.join(TEACHERS)}")
+
+
 def make_teacher(name: str, env, seed: int = 0) -> ShortestPathExpert:
     """The unsafe teacher called ``name`` (see :data:`TEACHERS`) for ``env``."""
-    if name not in TEACHERS:
-        raise ValueError(f"unknown teacher {name!r}; allowed: {', '.join(TEACHERS)}")
+    check_teacher(name)
     return TEACHERS[name](env, seed=seed)
 
 
