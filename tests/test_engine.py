@@ -75,6 +75,43 @@ def test_resume_equals_uninterrupted(tmp_path, algo_cls):
         assert resumed.multiplier.state_dict() == full.multiplier.state_dict()
 
 
+def test_average_last_puts_the_tail_mean_in_the_actor(tmp_path):
+    def actor(algo):
+        return torch.cat([p.detach().reshape(-1) for p in algo.policy.actor_parameters()])
+
+    config = dict(FAST, average_last=0.5)  # 6 epochs of 64 steps: the last 3 are averaged
+    algo = PPOLag(CornerBandit(), cost_limit=3.0, seed=0, run_dir=False, **config)
+    tail, accumulate = [], algo._accumulate_tail
+
+    def record(total_steps, info):
+        accumulate(total_steps, info)
+        if algo.global_step > 192:
+            tail.append(actor(algo))
+
+    algo._accumulate_tail = record
+    algo.learn(384)
+    assert len(tail) == 3 and algo.last_info["Train/AveragedIterates"] == 3
+    assert torch.allclose(actor(algo), torch.stack(tail).mean(0), atol=1e-6)
+    assert not torch.allclose(actor(algo), tail[-1], atol=1e-6)
+
+    # interrupted inside the tail and resumed from its checkpoint: the same average
+    part = PPOLag(CornerBandit(), cost_limit=3.0, seed=0, run_dir=False, **config)
+    accumulate_part = part._accumulate_tail
+
+    def stop(total_steps, info):
+        accumulate_part(total_steps, info)
+        if part.global_step == 256:
+            part.save(tmp_path / "ck.pt")
+            raise KeyboardInterrupt
+
+    part._accumulate_tail = stop
+    with pytest.raises(KeyboardInterrupt):
+        part.learn(384)
+    resumed = PPOLag.load(tmp_path / "ck.pt", env=CornerBandit())
+    resumed.learn(384)
+    assert torch.equal(params(resumed), params(algo))
+
+
 def test_resume_from_run_dir_with_logs(tmp_path):
     run = tmp_path / "run"
     algo = PPOLag(CornerBandit(), cost_limit=3.0, seed=0, run_dir=run, tensorboard=False, checkpoint_every=1, **FAST)

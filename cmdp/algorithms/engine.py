@@ -75,6 +75,16 @@ class OnPolicyConfig(Config):
         "follows advantage noise before the critics know anything (0: no warm-up).",
         ge=0,
     )
+    average_last: float = option(
+        0.0,
+        "Average the actor's weights over the epochs in the last this fraction of total_steps and "
+        "put the average in the actor when learn() reaches total_steps (0: keep the last iterate). "
+        "A Lagrangian iterate keeps circling a mixed optimum, its last one up to 20% over a limit, "
+        "while the multiplier's integral holds the time-average cost at the limit: the average of "
+        "the tail is that time-average. Meant for a decaying lr_schedule, where the tail moves little.",
+        ge=0.0,
+        lt=1.0,
+    )
     clip_ratio: float = option(0.2, "PPO clip range epsilon: the ratio is clipped to [1-eps, 1+eps].", gt=0.0)
     target_kl: float | None = option(
         0.02,
@@ -199,6 +209,8 @@ class OnPolicyAlgorithm:
         self._recent_lengths: list[int] = []
         self._nonfinite_skipped = 0
         self._estimate_warned = False
+        # running sum of the actor's weights over the averaged tail (see average_last)
+        self._tail: dict[str, Any] | None = None
         self.setup()
 
     # ---- construction ---------------------------------------------------------------------
@@ -678,6 +690,7 @@ class OnPolicyAlgorithm:
                 info |= self._update(data, stats)
                 t2 = time.perf_counter()
                 self.epoch += 1
+                self._accumulate_tail(total_steps, info)
                 info.update(
                     {
                         "Time/Rollout": t1 - t0,
@@ -693,6 +706,7 @@ class OnPolicyAlgorithm:
                     every = self.config.checkpoint_every
                     if every and self.epoch % every == 0:
                         self.save(self.run_dir / "checkpoint.pt")
+            self._apply_tail()
             if self.run_dir is not None:
                 self.save(self.run_dir / "checkpoint.pt")
         finally:
@@ -700,6 +714,29 @@ class OnPolicyAlgorithm:
                 logger.close()
                 self._logger = None
         return self
+
+    def _accumulate_tail(self, total_steps: int, info: dict[str, Any]) -> None:
+        fraction = self.config.average_last
+        if fraction <= 0.0 or self.global_step <= (1.0 - fraction) * total_steps:
+            return
+        if self._tail is None or self._tail["total_steps"] != total_steps:
+            zeros = [torch.zeros_like(p, dtype=torch.float64) for p in self.policy.actor_parameters()]
+            self._tail = {"total_steps": total_steps, "count": 0, "sums": zeros}
+        with torch.no_grad():
+            for total, param in zip(self._tail["sums"], self.policy.actor_parameters()):
+                total += param
+        self._tail["count"] += 1
+        info["Train/AveragedIterates"] = self._tail["count"]
+
+    def _apply_tail(self) -> None:
+        if self._tail is None:
+            return
+        count = self._tail["count"]
+        with torch.no_grad():
+            for total, param in zip(self._tail["sums"], self.policy.actor_parameters()):
+                param.copy_(total / count)
+        log.info("the actor is the average of its last %d iterates (average_last)", count)
+        self._tail = None
 
     def _open_logger(self, total_steps: int):
         if self._run_dir_arg is False:
@@ -876,6 +913,7 @@ class OnPolicyAlgorithm:
                 "python": _python_rng_state(),
             },
             "counters": {"global_step": self.global_step, "epoch": self.epoch},
+            "iterate_average": self._tail,
             "run_dir": str(self.run_dir) if self.run_dir is not None else None,
         }
         return ckpt.atomic_save(data, path)
@@ -918,6 +956,7 @@ class OnPolicyAlgorithm:
         algo.load_solver_state(ckpt.from_storable(data["solver"]))
         algo.global_step = int(data["counters"]["global_step"])
         algo.epoch = int(data["counters"]["epoch"])
+        algo._tail = data.get("iterate_average")  # absent from checkpoints written before it existed
         normalizer = _find_normalizer(algo.env)
         if (normalizer is None) != (data.get("obs_rms") is None):
             raise CheckpointError(f"{path}: normalize_obs differs between the checkpoint and this config")
