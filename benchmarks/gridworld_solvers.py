@@ -1,7 +1,7 @@
 """Every solver on the LP gridworlds, evaluated exactly against the constrained optimum.
 
     python benchmarks/gridworld_solvers.py [--seeds 0 1 2] [--epochs 90] [--out BENCHMARKS.md]
-        [--solvers PPOLag FOCOPS] [--set lambda_damping=0.3 ...]
+        [--solvers PPOLag FOCOPS] [--set lambda_damping=0.3 ...] [--section gridworld-averaged]
 
 The schedule is the one the behaviour tests use (epochs of 4096 steps, actor learning rate
 decaying linearly). The learned policy is read off as a table and evaluated with the
@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=90)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--section", default="gridworld", help="BENCHMARKS.md section to write (beside the main table)")
     parser.add_argument("--solvers", nargs="+", default=list(ALGORITHMS), choices=list(ALGORITHMS))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config option for every solver that has it (e.g. lambda_damping=0.3)")  # fmt: skip
@@ -64,6 +65,7 @@ def main() -> None:
         ["python benchmarks/gridworld_solvers.py --seeds", *map(str, args.seeds), f"--epochs {args.epochs}"]
         + (["--solvers", *args.solvers] if args.solvers != list(ALGORITHMS) else [])
         + [f"--set {item}" for item in args.overrides]
+        + ([f"--section {args.section}"] if args.section != "gridworld" else [])
     )
     lines = [
         machine_line(),
@@ -87,7 +89,8 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.out is not None:
-        update_section(args.out, "gridworld", "Solvers on the LP gridworlds", table)
+        title = "Solvers on the LP gridworlds" + (f" ({args.section})" if args.section != "gridworld" else "")
+        update_section(args.out, args.section, title, table)
 
 
 if __name__ == "__main__":
