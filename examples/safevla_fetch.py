@@ -191,7 +191,7 @@ def write_benchmarks(path: Path, results: list[dict], schedule_name: str) -> Non
         (
             f"Command: `python examples/safevla_fetch.py{flag} --seeds {' '.join(str(r['seed']) for r in results)}`. "
             f"Schedule '{schedule_name}': {schedule['steps']:,} fine-tuning steps per policy, limit {COST_LIMIT} per "
-            f"component and episode (ISA: {ISA_CONFIG}; both fine-tunes fit their critics for the first "
+            f"component and episode (ISA: {', '.join(f'{k}={v}' for k, v in ISA_CONFIG.items())}; both fine-tunes fit their critics for the first "
             f"{FINE_TUNE['critic_warmup_steps']:,} steps), {schedule['eval_episodes']} Fetch evaluation episodes (sampled actions), suites: "
             f"{schedule['suites']}. Minutes per seed (fine-tunes, elicitation, assurance): {minutes or 'not recorded'}."
         ),
