@@ -112,6 +112,19 @@ def test_average_last_puts_the_tail_mean_in_the_actor(tmp_path):
     assert torch.equal(params(resumed), params(algo))
 
 
+def test_learn_callback_sees_every_epoch_and_can_stop():
+    seen = []
+    algo = PPOLag(CornerBandit(), cost_limit=3.0, seed=0, run_dir=False, **FAST)
+    algo.learn(256, callback=lambda a, info: seen.append((a.global_step, info["Train/Epoch"])))
+    assert seen == [(64, 1), (128, 2), (192, 3), (256, 4)]
+    # False stops at once; a stopped run is not at its total, so no tail average is put in
+    stopped = PPOLag(CornerBandit(), cost_limit=3.0, seed=0, run_dir=False, average_last=0.5, **FAST)
+    stopped.learn(384, callback=lambda a, info: a.global_step < 256)
+    assert stopped.global_step == 256 and stopped._tail["count"] == 1
+    stopped.learn(384)  # finishing the run puts the average of its last three epochs in
+    assert stopped._tail is None
+
+
 def test_resume_from_run_dir_with_logs(tmp_path):
     run = tmp_path / "run"
     algo = PPOLag(CornerBandit(), cost_limit=3.0, seed=0, run_dir=run, tensorboard=False, checkpoint_every=1, **FAST)

@@ -675,9 +675,14 @@ class OnPolicyAlgorithm:
 
     # ---- public API -----------------------------------------------------------------------
 
-    def learn(self, total_steps: int) -> "OnPolicyAlgorithm":
+    def learn(
+        self, total_steps: int, callback: Callable[["OnPolicyAlgorithm", dict[str, Any]], Any] | None = None
+    ) -> "OnPolicyAlgorithm":
         """Train until ``global_step`` reaches ``total_steps`` (a count since the run began, so a
-        loaded checkpoint finishes the interrupted run to the same total). Returns self."""
+        loaded checkpoint finishes the interrupted run to the same total). Returns self.
+
+        ``callback(algo, info)`` runs after every epoch with the values just logged; returning
+        ``False`` stops training there (the checkpoint is still written)."""
         if not isinstance(total_steps, int) or isinstance(total_steps, bool) or total_steps <= 0:
             raise ConfigError(f"total_steps must be a positive integer, got {total_steps!r}")
         self._total_steps = total_steps
@@ -706,7 +711,10 @@ class OnPolicyAlgorithm:
                     every = self.config.checkpoint_every
                     if every and self.epoch % every == 0:
                         self.save(self.run_dir / "checkpoint.pt")
-            self._apply_tail()
+                if callback is not None and callback(self, info) is False:
+                    break
+            if self.global_step >= total_steps:
+                self._apply_tail()
             if self.run_dir is not None:
                 self.save(self.run_dir / "checkpoint.pt")
         finally:
