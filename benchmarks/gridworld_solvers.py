@@ -32,6 +32,11 @@ def run(name: str, env_id: str, limits: list[float], seed: int, epochs: int, ove
     t0 = time.perf_counter()
     algo.learn(epochs * algo.config.steps_per_epoch)
     seconds = time.perf_counter() - t0
+    return judge(algo, limits) | {"seconds": seconds}
+
+
+def judge(algo, limits: list[float]) -> dict:
+    """The exact value of ``algo``'s current policy against the LP optimum, and the tests' verdict."""
     value = evaluate_policy_exact(algo.env.unwrapped, learned_policy_table(algo))
     optimum = solve_lp(algo.env.unwrapped, limits)
     ratio = value.costs / np.asarray(limits)
@@ -39,7 +44,6 @@ def run(name: str, env_id: str, limits: list[float], seed: int, epochs: int, ove
         "return_ratio": value.return_ / optimum.return_,
         "cost_ratio": ratio,
         "meets": bool(np.all(ratio <= 1.05) and value.return_ >= 0.9 * optimum.return_),
-        "seconds": seconds,
     }
 
 
