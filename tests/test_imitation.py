@@ -121,6 +121,25 @@ def test_behaviour_cloning_resumes_exactly(demo_dir, tmp_path):
         train_bc(demo_dir, TINY, tmp_path / "b", steps=6, **(args | {"lr": 2e-3}))
 
 
+def test_held_out_episodes_are_scored_and_never_cloned(demo_dir, tmp_path):
+    from cmdp.isa.imitation import BCConfig, _split_episodes
+
+    demos = load_demos(demo_dir)
+    cfg = BCConfig.from_kwargs(validation_episodes=1)
+    train, held = _split_episodes(demos, cfg)
+    assert len(held) == 1 and not set(train) & set(held)
+    assert sorted([*train, *held]) == list(np.flatnonzero(demos.success))  # every cloned episode, once
+    args = dict(steps=40, batch_segments=4, lr=3e-3, warmup_steps=5, log_every=20, progress=False)
+    _, history = train_bc(demos, TINY, tmp_path / "v", validation_episodes=1, **args)
+    assert all(0.0 <= row["val_accuracy"] <= 1.0 and row["val_loss"] > 0.0 for row in history)
+    assert "BC/val_loss" in (tmp_path / "v" / "progress.csv").read_text().splitlines()[0]
+    lo, hi = demos.offsets[held[0]], demos.offsets[held[0]] + demos.lengths[held[0]]
+    for seg in _segments(demos, True, 16, TINY.context, train):  # what train_bc samples from
+        assert seg.end <= lo or seg.start >= hi
+    with pytest.raises(ConfigError, match="nothing to train on"):
+        train_bc(demos, TINY, None, validation_episodes=len(train) + len(held), **args)
+
+
 def test_dagger_round_records_expert_labels_on_the_policy_s_own_states(demo_dir, specs, tmp_path):
     torch.manual_seed(0)
     driver = VLAPolicy(*spaces_from_signature(IO), 5, TINY)

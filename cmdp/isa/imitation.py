@@ -565,6 +565,12 @@ class BCConfig(Config):
     max_grad_norm: float | None = option(1.0, "Clip the gradient norm (None: no clipping).", gt=0.0)
     only_success: bool = option(True, "Clone successful episodes only (as SPOC trains on expert successes).")
     seed: int = option(0, "Seed of the network initialisation and of the batch sampling.", ge=0)
+    validation_episodes: int = option(
+        0,
+        "Cloned episodes held out of training (drawn by seed); their loss and accuracy are logged "
+        "every log_every steps, which shows when more steps only memorise (0: none).",
+        ge=0,
+    )
     checkpoint_every: int = option(200, "Write out_dir/bc_checkpoint.pt every this many steps.", ge=1)
     log_every: int = option(20, "Write a progress.csv row every this many steps (mean over them).", ge=1)
     torch_threads: int | None = option(
@@ -582,12 +588,20 @@ class _Segment:
     end: int  # one past the last step
 
 
-def _segments(demos: Demos, only_success: bool, length: int, context: int) -> list[_Segment]:
-    out = []
+def _cloned_episodes(demos: Demos, only_success: bool) -> np.ndarray:
+    """Indices of the episodes behaviour cloning learns from."""
     used = _cloned(demos.success, demos.driven) if only_success else np.ones(demos.num_episodes, dtype=bool)
-    for e, (off, n) in enumerate(zip(demos.offsets, demos.lengths)):
-        if not used[e]:
-            continue
+    return np.flatnonzero(used)
+
+
+def _segments(
+    demos: Demos, only_success: bool, length: int, context: int, episodes: np.ndarray | None = None
+) -> list[_Segment]:
+    """The training segments of the cloned episodes (of ``episodes`` when given)."""
+    out = []
+    chosen = _cloned_episodes(demos, only_success) if episodes is None else episodes
+    for e in chosen:
+        off, n = demos.offsets[e], demos.lengths[e]
         for s in range(0, int(n), length):
             out.append(_Segment(int(off) + max(0, s - (context - 1)), int(off) + s, int(off) + min(s + length, int(n))))
     return out
@@ -667,7 +681,9 @@ def train_bc(
     if policy is None:
         policy = _policy_for(demos, policy_config or VLAConfig())
     context = policy.config.context
-    segments = _segments(demos, cfg.only_success, cfg.segment_length, context)
+    train_eps, val_eps = _split_episodes(demos, cfg)
+    segments = _segments(demos, cfg.only_success, cfg.segment_length, context, train_eps)
+    val_segments = _segments(demos, cfg.only_success, cfg.segment_length, context, val_eps)
     if not segments:
         why = "no episode"
         if cfg.only_success:
@@ -722,9 +738,11 @@ def train_bc(
             count += 1
             if step % cfg.log_every == 0 or step == cfg.steps:
                 row = {"step": step, "loss": sums["loss"] / count, "accuracy": sums["accuracy"] / count, "lr": lr}
+                if val_segments:
+                    row["val_loss"], row["val_accuracy"] = _validate(policy, demos, val_segments, cfg.batch_segments)
                 history.append(row)
                 if logger is not None:
-                    logger.log(step, {"BC/loss": row["loss"], "BC/accuracy": row["accuracy"], "BC/lr": lr})
+                    logger.log(step, {f"BC/{k}": v for k, v in row.items() if k != "step"})
                 sums = {"loss": 0.0, "accuracy": 0.0}
                 count = 0
             if out is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
@@ -736,6 +754,39 @@ def train_bc(
     if out is not None:
         policy.save_pretrained(out / PRETRAINED_NAME)
     return policy, history
+
+
+def _split_episodes(demos: Demos, cfg: BCConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The cloned episodes split into training and held-out ones (``cfg.validation_episodes``,
+    drawn with their own generator so the split does not move the batch sampling)."""
+    cloned = _cloned_episodes(demos, cfg.only_success)
+    if cfg.validation_episodes == 0:
+        return cloned, cloned[:0]
+    if cfg.validation_episodes >= len(cloned):
+        raise ConfigError(
+            f"validation_episodes={cfg.validation_episodes} leaves nothing to train on: "
+            f"{len(cloned)} episodes are cloned"
+        )
+    held = np.random.default_rng([cfg.seed, 1]).choice(len(cloned), size=cfg.validation_episodes, replace=False)
+    keep = np.ones(len(cloned), dtype=bool)
+    keep[held] = False
+    return cloned[keep], np.sort(cloned[held])
+
+
+def _validate(policy: VLAPolicy, demos: Demos, segments: list[_Segment], batch: int) -> tuple[float, float]:
+    """Mean loss and accuracy over every scored step of the held-out segments."""
+    loss = correct = steps = 0.0
+    policy.eval()
+    with torch.no_grad():
+        for i in range(0, len(segments), batch):
+            data = _segment_batch(demos, segments[i : i + batch])
+            out = policy.evaluate(data)
+            mask = data["mask"]
+            loss -= float((out.dist.log_prob(data["actions"]) * mask).sum())
+            correct += float(((out.dist.mode() == data["actions"]) & mask).sum())
+            steps += float(mask.sum())
+    policy.train()
+    return loss / steps, correct / steps
 
 
 def _save_bc_checkpoint(
@@ -873,6 +924,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=3000, help="behaviour-cloning gradient steps")
     p.add_argument("--batch-segments", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--validation-episodes", type=int, default=0,
+                   help="demonstrations held out of behaviour cloning; their loss and accuracy are logged")  # fmt: skip
     p.add_argument("--dagger-rounds", type=int, default=0, help="DAgger rounds after behaviour cloning")
     p.add_argument("--dagger-episodes", type=int, default=400, help="episodes the policy drives per round")
     p.add_argument(
@@ -901,7 +954,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     stats = demo_statistics(demo_dir)
     print(f"expert demonstrations: {json.dumps(stats)}", flush=True)
     train = dict(batch_segments=args.batch_segments, lr=args.lr, torch_threads=args.threads)
-    policy, history = train_bc(demo_dir, VLAConfig(), out / "bc", steps=args.steps, seed=args.seed, **train)
+    bc_only = dict(validation_episodes=args.validation_episodes)  # the DAgger rounds train on everything
+    policy, history = train_bc(demo_dir, VLAConfig(), out / "bc", steps=args.steps, seed=args.seed, **train, **bc_only)
     stages = [{"stage": "bc", **history[-1]}]
     dirs = [demo_dir]
     for r in range(1, args.dagger_rounds + 1):
@@ -917,7 +971,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
         stages.append({"stage": f"dagger{r}", "driven": demo_statistics(dirs[-1]), **history[-1]})
     for stage in stages:
-        print(f"{stage['stage']}: final loss {stage['loss']:.3f}, accuracy {stage['accuracy']:.3f}", flush=True)
+        held_out = f", held out: loss {stage['val_loss']:.3f}, accuracy {stage['val_accuracy']:.3f}" if "val_loss" in stage else ""
+        print(f"{stage['stage']}: final loss {stage['loss']:.3f}, accuracy {stage['accuracy']:.3f}{held_out}", flush=True)
     result = evaluate_policy(policy, args.task, split=args.eval_split, episodes=args.eval_episodes, seed=args.seed + 1)
     report = {"expert": stats, "stages": stages, "il_policy": result, "split": args.eval_split}
     write_json(out / "il_eval.json", report)
