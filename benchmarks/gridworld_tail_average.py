@@ -5,8 +5,8 @@
         [--out BENCHMARKS.md]
 
 Averaging changes only the weights a run ends with, not its training, so one run per seed gives
-the last iterate and the average over every tail fraction: a ``learn`` callback keeps one running
-sum of the actor's weights per fraction, over the same epochs ``average_last`` would take. The
+the last iterate and the average over every tail fraction: a ``learn`` callback keeps one
+``WeightAverage`` of the actor per fraction, over the epochs ``average_last`` would take. The
 schedule and the verdict are those of ``gridworld_solvers.py`` (exact evaluation; met: every
 cost <= 1.05 x its limit and return >= 0.9 x the LP optimum).
 """
@@ -17,10 +17,10 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 from gridworld_solvers import judge  # beside this script
 from report import machine_line, update_section
 from cmdp.algorithms import ALGORITHMS
+from cmdp.algorithms.engine import WeightAverage, in_averaged_tail
 from cmdp.envs.gridworld import DEFAULT_COST_LIMIT
 from cmdp.envs.two_channel import DEFAULT_COST_LIMITS
 
@@ -33,23 +33,18 @@ def run(name: str, env_id: str, seed: int, epochs: int, fractions: list[float]) 
     algo = ALGORITHMS[name](env_id, cost_limit=limits, seed=seed, run_dir=False, progress_bar=False, lr_schedule="linear")
     total = epochs * algo.config.steps_per_epoch
     actor = list(algo.policy.actor_parameters())
-    sums = {f: [torch.zeros_like(p, dtype=torch.float64) for p in actor] for f in fractions}
-    counts = dict.fromkeys(fractions, 0)
+    averages = {f: WeightAverage(actor) for f in fractions}
 
     def accumulate(algo, info):
-        for f in fractions:
-            if algo.global_step > (1.0 - f) * total:  # the rule of average_last
-                for s, p in zip(sums[f], actor):
-                    s += p.detach()
-                counts[f] += 1
+        for f, average in averages.items():
+            if in_averaged_tail(algo.global_step, total, f):
+                average.add(actor)
 
     algo.learn(total, callback=accumulate)
     verdicts = {0.0: judge(algo, limits)}
-    with torch.no_grad():
-        for f in fractions:
-            for s, p in zip(sums[f], actor):
-                p.copy_(s / counts[f])
-            verdicts[f] = judge(algo, limits)
+    for f, average in averages.items():
+        average.put_into(actor)
+        verdicts[f] = judge(algo, limits)
     return verdicts
 
 

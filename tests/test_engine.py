@@ -120,7 +120,7 @@ def test_learn_callback_sees_every_epoch_and_can_stop():
     # False stops at once; a stopped run is not at its total, so no tail average is put in
     stopped = PPOLag(CornerBandit(), cost_limit=3.0, seed=0, run_dir=False, average_last=0.5, **FAST)
     stopped.learn(384, callback=lambda a, info: a.global_step < 256)
-    assert stopped.global_step == 256 and stopped._tail["count"] == 1
+    assert stopped.global_step == 256 and stopped._tail.count == 1
     stopped.learn(384)  # finishing the run puts the average of its last three epochs in
     assert stopped._tail is None
 

@@ -29,7 +29,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -209,8 +209,9 @@ class OnPolicyAlgorithm:
         self._recent_lengths: list[int] = []
         self._nonfinite_skipped = 0
         self._estimate_warned = False
-        # running sum of the actor's weights over the averaged tail (see average_last)
-        self._tail: dict[str, Any] | None = None
+        # the actor's weights summed over the averaged tail of a learn() to _tail_total steps
+        self._tail: WeightAverage | None = None
+        self._tail_total: int | None = None
         self.setup()
 
     # ---- construction ---------------------------------------------------------------------
@@ -725,26 +726,19 @@ class OnPolicyAlgorithm:
 
     def _accumulate_tail(self, total_steps: int, info: dict[str, Any]) -> None:
         fraction = self.config.average_last
-        if fraction <= 0.0 or self.global_step <= (1.0 - fraction) * total_steps:
+        if fraction <= 0.0 or not in_averaged_tail(self.global_step, total_steps, fraction):
             return
-        if self._tail is None or self._tail["total_steps"] != total_steps:
-            zeros = [torch.zeros_like(p, dtype=torch.float64) for p in self.policy.actor_parameters()]
-            self._tail = {"total_steps": total_steps, "count": 0, "sums": zeros}
-        with torch.no_grad():
-            for total, param in zip(self._tail["sums"], self.policy.actor_parameters()):
-                total += param
-        self._tail["count"] += 1
-        info["Train/AveragedIterates"] = self._tail["count"]
+        if self._tail is None or self._tail_total != total_steps:
+            self._tail, self._tail_total = WeightAverage(self.policy.actor_parameters()), total_steps
+        self._tail.add(self.policy.actor_parameters())
+        info["Train/AveragedIterates"] = self._tail.count
 
     def _apply_tail(self) -> None:
         if self._tail is None:
             return
-        count = self._tail["count"]
-        with torch.no_grad():
-            for total, param in zip(self._tail["sums"], self.policy.actor_parameters()):
-                param.copy_(total / count)
-        log.info("the actor is the average of its last %d iterates (average_last)", count)
-        self._tail = None
+        self._tail.put_into(self.policy.actor_parameters())
+        log.info("the actor is the average of its last %d iterates (average_last)", self._tail.count)
+        self._tail = self._tail_total = None
 
     def _open_logger(self, total_steps: int):
         if self._run_dir_arg is False:
@@ -921,7 +915,7 @@ class OnPolicyAlgorithm:
                 "python": _python_rng_state(),
             },
             "counters": {"global_step": self.global_step, "epoch": self.epoch},
-            "iterate_average": self._tail,
+            "iterate_average": None if self._tail is None else {"total_steps": self._tail_total, **self._tail.state_dict()},
             "run_dir": str(self.run_dir) if self.run_dir is not None else None,
         }
         return ckpt.atomic_save(data, path)
@@ -964,7 +958,9 @@ class OnPolicyAlgorithm:
         algo.load_solver_state(ckpt.from_storable(data["solver"]))
         algo.global_step = int(data["counters"]["global_step"])
         algo.epoch = int(data["counters"]["epoch"])
-        algo._tail = data.get("iterate_average")  # absent from checkpoints written before it existed
+        tail = data.get("iterate_average")  # absent from checkpoints written before it existed
+        if tail is not None:
+            algo._tail, algo._tail_total = WeightAverage.from_state_dict(tail), int(tail["total_steps"])
         normalizer = _find_normalizer(algo.env)
         if (normalizer is None) != (data.get("obs_rms") is None):
             raise CheckpointError(f"{path}: normalize_obs differs between the checkpoint and this config")
@@ -996,6 +992,40 @@ class OnPolicyAlgorithm:
 
 
 # ---- helpers ------------------------------------------------------------------------------
+
+
+def in_averaged_tail(step: int, total_steps: int, fraction: float) -> bool:
+    """Whether the epoch that ended at ``step`` is one ``average_last=fraction`` averages."""
+    return step > (1.0 - fraction) * total_steps
+
+
+class WeightAverage:
+    """Running mean of a network's weights (float64 sums), to average its iterates."""
+
+    def __init__(self, params: Iterable[Tensor]):
+        self.sums = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+        self.count = 0
+
+    @torch.no_grad()
+    def add(self, params: Iterable[Tensor]) -> None:
+        for total, param in zip(self.sums, params):
+            total += param
+        self.count += 1
+
+    @torch.no_grad()
+    def put_into(self, params: Iterable[Tensor]) -> None:
+        """Overwrite ``params`` with the mean of the weights added so far."""
+        for total, param in zip(self.sums, params):
+            param.copy_(total / self.count)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": self.sums, "count": self.count}
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> "WeightAverage":
+        average = cls([])
+        average.sums, average.count = list(state["sums"]), int(state["count"])
+        return average
 
 _SAMPLE_KEYS = ("obs", "actions", "logp", "old_dist", "adv", "adv_r", "adv_c", "ret", "cost_ret")
 
