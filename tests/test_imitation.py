@@ -12,7 +12,7 @@ from cmdp.envs.chores import catalog as cat
 from cmdp.envs.chores import text
 from cmdp.errors import ConfigError
 from cmdp.isa import demo_statistics, evaluate_policy, generate_demos, load_demos, train_bc, training_episodes
-from cmdp.isa.imitation import _segments
+from cmdp.isa.imitation import _cloned_episodes, _segments
 from cmdp.policies.vla import VLAConfig, VLAPolicy, spaces_from_signature
 
 TINY = VLAConfig(
@@ -134,7 +134,7 @@ def test_held_out_episodes_are_scored_and_never_cloned(demo_dir, tmp_path):
     assert all(0.0 <= row["val_accuracy"] <= 1.0 and row["val_loss"] > 0.0 for row in history)
     assert "BC/val_loss" in (tmp_path / "v" / "progress.csv").read_text().splitlines()[0]
     lo, hi = demos.offsets[held[0]], demos.offsets[held[0]] + demos.lengths[held[0]]
-    for seg in _segments(demos, True, 16, TINY.context, train):  # what train_bc samples from
+    for seg in _segments(demos, train, 16, TINY.context):  # what train_bc samples from
         assert seg.end <= lo or seg.start >= hi
     with pytest.raises(ConfigError, match="nothing to train on"):
         train_bc(demos, TINY, None, validation_episodes=len(train) + len(held), **args)
@@ -156,7 +156,7 @@ def test_dagger_round_records_expert_labels_on_the_policy_s_own_states(demo_dir,
     # the policy's episodes are kept whatever their outcome: their labels are the corrections
     assert both.num_episodes == expert.num_episodes + a.num_episodes
     assert not a.success.any()  # an untrained driver fails, and behaviour cloning still uses its steps:
-    scored = sum(seg.end - seg.scored_from for seg in _segments(both, True, 16, TINY.context))
+    scored = sum(seg.end - seg.scored_from for seg in _segments(both, _cloned_episodes(both, True), 16, TINY.context))
     assert scored == both.num_steps
     with pytest.raises(ConfigError, match="other settings"):
         generate_demos(out_dir=tmp_path / "a", episode_list=specs[:2], driver=driver, driver_prob=0.5,

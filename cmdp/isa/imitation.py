@@ -594,13 +594,10 @@ def _cloned_episodes(demos: Demos, only_success: bool) -> np.ndarray:
     return np.flatnonzero(used)
 
 
-def _segments(
-    demos: Demos, only_success: bool, length: int, context: int, episodes: np.ndarray | None = None
-) -> list[_Segment]:
-    """The training segments of the cloned episodes (of ``episodes`` when given)."""
+def _segments(demos: Demos, episodes: np.ndarray, length: int, context: int) -> list[_Segment]:
+    """The training segments of ``episodes``: pieces of ``length`` scored steps."""
     out = []
-    chosen = _cloned_episodes(demos, only_success) if episodes is None else episodes
-    for e in chosen:
+    for e in episodes:
         off, n = demos.offsets[e], demos.lengths[e]
         for s in range(0, int(n), length):
             out.append(_Segment(int(off) + max(0, s - (context - 1)), int(off) + s, int(off) + min(s + length, int(n))))
@@ -682,8 +679,8 @@ def train_bc(
         policy = _policy_for(demos, policy_config or VLAConfig())
     context = policy.config.context
     train_eps, val_eps = _split_episodes(demos, cfg)
-    segments = _segments(demos, cfg.only_success, cfg.segment_length, context, train_eps)
-    val_segments = _segments(demos, cfg.only_success, cfg.segment_length, context, val_eps)
+    segments = _segments(demos, train_eps, cfg.segment_length, context)
+    val_segments = _segments(demos, val_eps, cfg.segment_length, context)
     if not segments:
         why = "no episode"
         if cfg.only_success:
@@ -721,20 +718,16 @@ def train_bc(
                 group["lr"] = lr
             pick = rng.choice(len(segments), size=min(cfg.batch_segments, len(segments)), replace=False)
             batch = _segment_batch(demos, [segments[i] for i in pick])
-            out_ = policy.evaluate(batch)
-            mask = batch["mask"]
-            logp = out_.dist.log_prob(batch["actions"])
-            loss = -(logp * mask).sum() / mask.sum()
+            nll, correct, scored = _cloning_terms(policy, batch)
+            loss = nll / scored
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             step += 1
-            with torch.no_grad():
-                acc = ((out_.dist.mode() == batch["actions"]) & mask).sum() / mask.sum()
             sums["loss"] += loss.item()
-            sums["accuracy"] += float(acc)
+            sums["accuracy"] += float(correct / scored)
             count += 1
             if step % cfg.log_every == 0 or step == cfg.steps:
                 row = {"step": step, "loss": sums["loss"] / count, "accuracy": sums["accuracy"] / count, "lr": lr}
@@ -775,18 +768,25 @@ def _split_episodes(demos: Demos, cfg: BCConfig) -> tuple[np.ndarray, np.ndarray
 
 def _validate(policy: VLAPolicy, demos: Demos, segments: list[_Segment], batch: int) -> tuple[float, float]:
     """Mean loss and accuracy over every scored step of the held-out segments."""
-    loss = correct = steps = 0.0
+    totals = np.zeros(3)
     policy.eval()
     with torch.no_grad():
         for i in range(0, len(segments), batch):
-            data = _segment_batch(demos, segments[i : i + batch])
-            out = policy.evaluate(data)
-            mask = data["mask"]
-            loss -= float((out.dist.log_prob(data["actions"]) * mask).sum())
-            correct += float(((out.dist.mode() == data["actions"]) & mask).sum())
-            steps += float(mask.sum())
+            totals += [float(x) for x in _cloning_terms(policy, _segment_batch(demos, segments[i : i + batch]))]
     policy.train()
-    return loss / steps, correct / steps
+    nll, correct, scored = totals
+    return nll / scored, correct / scored
+
+
+def _cloning_terms(policy: VLAPolicy, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed over the scored steps of ``batch``: the negative log-likelihood of the expert's
+    actions, the steps where the policy's argmax agrees with them, and the steps."""
+    out = policy.evaluate(batch)
+    mask = batch["mask"]
+    nll = -(out.dist.log_prob(batch["actions"]) * mask).sum()
+    with torch.no_grad():
+        correct = ((out.dist.mode() == batch["actions"]) & mask).sum()
+    return nll, correct, mask.sum()
 
 
 def _save_bc_checkpoint(
@@ -954,8 +954,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     stats = demo_statistics(demo_dir)
     print(f"expert demonstrations: {json.dumps(stats)}", flush=True)
     train = dict(batch_segments=args.batch_segments, lr=args.lr, torch_threads=args.threads)
-    bc_only = dict(validation_episodes=args.validation_episodes)  # the DAgger rounds train on everything
-    policy, history = train_bc(demo_dir, VLAConfig(), out / "bc", steps=args.steps, seed=args.seed, **train, **bc_only)
+    # held-out episodes in the BC stage only: the DAgger rounds train on everything
+    policy, history = train_bc(demo_dir, VLAConfig(), out / "bc", steps=args.steps, seed=args.seed,
+                               validation_episodes=args.validation_episodes, **train)  # fmt: skip
     stages = [{"stage": "bc", **history[-1]}]
     dirs = [demo_dir]
     for r in range(1, args.dagger_rounds + 1):
