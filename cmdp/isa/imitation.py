@@ -66,6 +66,9 @@ PRETRAINED_NAME = "vla.pt"
 # (any other missing setting was None).
 _LATER_SETTINGS = {"teacher": "shortest"}
 
+# the camera images among OBS_KEYS (what image augmentation moves)
+IMAGE_KEYS = ("rgb_nav", "rgb_manip")
+
 # Storage dtypes of the per-step observation keys (the env's int64 ids fit in far less).
 _OBS_DTYPES = {
     "rgb_nav": np.uint8,
@@ -498,23 +501,46 @@ def load_demos(paths: str | Path | Sequence[str | Path], only_success: bool = Fa
     episodes a policy drove are kept whatever their outcome, since their labels are exactly the
     corrections that policy needs."""
     task, shards = _shard_files(paths)
-    parts = [_read_shard(p, _STEP_KEYS + _EPISODE_KEYS, only_success, driven) for p, driven in shards]
-    cat_ = lambda key: np.concatenate([p[key] for p in parts])  # noqa: E731
+    arrays, cost_names = _concatenate_shards(shards, only_success)
     return Demos(
         task=task,
-        obs={k: cat_(f"obs_{k}") for k in OBS_KEYS},
-        actions=cat_("actions").astype(np.int64),
-        executed=cat_("executed").astype(np.int64),
-        rewards=cat_("rewards"),
-        costs=cat_("costs"),
-        lengths=cat_("lengths"),
-        success=cat_("success"),
-        returns=cat_("returns"),
-        episode_costs=cat_("episode_costs"),
-        episode_ids=cat_("episode_ids"),
-        cost_names=tuple(str(c) for c in parts[0]["cost_names"]),
-        driven=np.concatenate([np.full(len(p["lengths"]), driven) for p, (_, driven) in zip(parts, shards)]),
+        obs={k: arrays[f"obs_{k}"] for k in OBS_KEYS},
+        actions=arrays["actions"].astype(np.int64),
+        executed=arrays["executed"].astype(np.int64),
+        rewards=arrays["rewards"],
+        costs=arrays["costs"],
+        lengths=arrays["lengths"],
+        success=arrays["success"],
+        returns=arrays["returns"],
+        episode_costs=arrays["episode_costs"],
+        episode_ids=arrays["episode_ids"],
+        cost_names=cost_names,
+        driven=arrays["driven"],
     )
+
+
+def _concatenate_shards(shards: list[tuple[Path, bool]], only_success: bool) -> tuple[dict[str, np.ndarray], tuple]:
+    """Every step and episode array of ``shards``, concatenated, plus the cost names. The
+    output is allocated once from the shards' episode lengths (read without their images) and
+    filled one shard at a time, so the peak memory is the demonstrations plus one shard, not
+    twice the demonstrations."""
+    sizes = [_read_shard(p, ("lengths",), only_success, driven)["lengths"] for p, driven in shards]
+    totals = {"steps": int(sum(s.sum() for s in sizes)), "episodes": int(sum(len(s) for s in sizes))}
+    out: dict[str, np.ndarray] = {}
+    at = {"steps": 0, "episodes": 0}
+    cost_names: tuple = ()
+    for (path, driven), lengths in zip(shards, sizes):
+        part = _read_shard(path, _STEP_KEYS + _EPISODE_KEYS, only_success, driven)
+        part["driven"] = np.full(len(lengths), driven)
+        cost_names = tuple(str(c) for c in part.pop("cost_names"))
+        rows = {"steps": int(lengths.sum()), "episodes": len(lengths)}
+        for key, value in part.items():
+            unit = "steps" if key in _STEP_KEYS else "episodes"
+            if key not in out:
+                out[key] = np.empty((totals[unit], *value.shape[1:]), dtype=value.dtype)
+            out[key][at[unit] : at[unit] + rows[unit]] = value
+        at = {unit: at[unit] + rows[unit] for unit in at}
+    return out, cost_names
 
 
 def demo_statistics(path: str | Path | Sequence[str | Path]) -> dict[str, Any]:
@@ -571,6 +597,13 @@ class BCConfig(Config):
         "every log_every steps, which shows when more steps only memorise (0: none).",
         ge=0,
     )
+    image_shift: int = option(
+        0,
+        "Random-shift augmentation: each camera image of a training batch is padded by this many "
+        "pixels (edge pixels repeated) and cropped back at a random offset, independently per frame, "
+        "so the network cannot key on exact pixel positions of the houses it has seen (0: off).",
+        ge=0,
+    )
     checkpoint_every: int = option(200, "Write out_dir/bc_checkpoint.pt every this many steps.", ge=1)
     log_every: int = option(20, "Write a progress.csv row every this many steps (mean over them).", ge=1)
     torch_threads: int | None = option(
@@ -624,6 +657,20 @@ def _segment_batch(demos: Demos, segs: Sequence[_Segment]) -> dict[str, Any]:
         "mask": torch.from_numpy(scored),
         "state": None,
     }
+
+
+def random_shift(images: torch.Tensor, pad: int, rng: np.random.Generator) -> torch.Tensor:
+    """``images`` (``[..., H, W, C]``) each moved by its own offset of up to ``pad`` pixels in
+    each direction; the border is filled by repeating the edge pixels."""
+    *lead, h, w, c = images.shape
+    flat = images.reshape(-1, h, w, c)
+    n = flat.shape[0]
+    padded = torch.nn.functional.pad(flat.permute(0, 3, 1, 2).float(), (pad, pad, pad, pad), mode="replicate")
+    padded = padded.to(images.dtype).permute(0, 2, 3, 1)
+    dy, dx = (torch.from_numpy(rng.integers(0, 2 * pad + 1, size=n)) for _ in range(2))
+    rows = (dy[:, None] + torch.arange(h))[:, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, :]
+    return padded[torch.arange(n)[:, None, None], rows, cols].reshape(*lead, h, w, c)
 
 
 def _policy_for(demos: Demos, config: VLAConfig) -> VLAPolicy:
@@ -718,6 +765,9 @@ def train_bc(
                 group["lr"] = lr
             pick = rng.choice(len(segments), size=min(cfg.batch_segments, len(segments)), replace=False)
             batch = _segment_batch(demos, [segments[i] for i in pick])
+            if cfg.image_shift:
+                for key in IMAGE_KEYS:
+                    batch["obs"][key] = random_shift(batch["obs"][key], cfg.image_shift, rng)
             nll, correct, scored = _cloning_terms(policy, batch)
             loss = nll / scored
             optimizer.zero_grad(set_to_none=True)
@@ -924,6 +974,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=3000, help="behaviour-cloning gradient steps")
     p.add_argument("--batch-segments", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--image-shift", type=int, default=0,
+                   help="random-shift augmentation of the camera images, in pixels (0: off)")  # fmt: skip
     p.add_argument("--validation-episodes", type=int, default=0,
                    help="demonstrations held out of behaviour cloning; their loss and accuracy are logged")  # fmt: skip
     p.add_argument("--dagger-rounds", type=int, default=0, help="DAgger rounds after behaviour cloning")
@@ -953,7 +1005,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     stats = demo_statistics(demo_dir)
     print(f"expert demonstrations: {json.dumps(stats)}", flush=True)
-    train = dict(batch_segments=args.batch_segments, lr=args.lr, torch_threads=args.threads)
+    train = dict(batch_segments=args.batch_segments, lr=args.lr, image_shift=args.image_shift, torch_threads=args.threads)
     # held-out episodes in the BC stage only: the DAgger rounds train on everything
     policy, history = train_bc(demo_dir, VLAConfig(), out / "bc", steps=args.steps, seed=args.seed,
                                validation_episodes=args.validation_episodes, **train)  # fmt: skip
