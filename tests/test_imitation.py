@@ -109,8 +109,10 @@ def test_behaviour_cloning_lowers_its_loss_and_beats_the_random_policy(demo_dir,
     assert set(cloned["ep_costs"]) == set(COST_NAMES)
 
 
-def test_behaviour_cloning_resumes_exactly(demo_dir, tmp_path):
-    args = dict(batch_segments=2, lr=1e-3, warmup_steps=2, log_every=1, checkpoint_every=2, progress=False)
+@pytest.mark.parametrize("image_shift", [0, 3])
+def test_behaviour_cloning_resumes_exactly(demo_dir, tmp_path, image_shift):
+    args = dict(batch_segments=2, lr=1e-3, warmup_steps=2, log_every=1, checkpoint_every=2, progress=False,
+                image_shift=image_shift)  # fmt: skip
     straight, log_straight = train_bc(demo_dir, TINY, tmp_path / "a", steps=5, **args)
     train_bc(demo_dir, TINY, tmp_path / "b", steps=3, **args)  # stops at step 3 (as if interrupted)
     resumed, log_resumed = train_bc(demo_dir, TINY, tmp_path / "b", steps=5, **args)
@@ -119,6 +121,24 @@ def test_behaviour_cloning_resumes_exactly(demo_dir, tmp_path):
     assert log_straight == log_resumed
     with pytest.raises(ConfigError, match="other settings"):
         train_bc(demo_dir, TINY, tmp_path / "b", steps=6, **(args | {"lr": 2e-3}))
+
+
+def test_random_shift_translates_each_frame_by_its_own_offset():
+    from cmdp.isa.imitation import random_shift
+
+    pad = 2
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, size=(3, 40, 12, 10, 3), dtype=np.uint8))
+    shifted = random_shift(images, pad, np.random.default_rng(1))
+    assert shifted.shape == images.shape and shifted.dtype == torch.uint8
+    padded = np.pad(images.numpy(), [(0, 0), (0, 0), (pad, pad), (pad, pad), (0, 0)], mode="edge")
+    offsets = set()
+    for b in range(3):
+        for t in range(40):
+            found = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
+                     if np.array_equal(padded[b, t, dy : dy + 12, dx : dx + 10], shifted[b, t].numpy())]  # fmt: skip
+            assert len(found) == 1, (b, t)  # random pixels: exactly one offset explains the frame
+            offsets.add(found[0])
+    assert len(offsets) == (2 * pad + 1) ** 2  # 120 frames draw their offsets independently
 
 
 def test_held_out_episodes_are_scored_and_never_cloned(demo_dir, tmp_path):
