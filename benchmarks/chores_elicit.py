@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from report import machine_line, update_section  # benchmarks/report.py, beside this script
+from report import machine_line, publish  # benchmarks/report.py, beside this script
 from cmdp.envs.chores.costs import COST_NAMES
 from cmdp.envs.chores.elicit import ScenarioParams, elicit, evaluate_params
 from cmdp.envs.chores.suites import SUITES, build_suite, evaluate_suite, expert_policy, random_policy
@@ -170,9 +170,7 @@ def main() -> None:
     sections.append("\n".join(el_lines))
     table = "\n\n".join(sections)
     table += f"\n\nCommand: `nice -n 10 python benchmarks/chores_elicit.py --size {args.size} --seed {args.seed} --out BENCHMARKS.md`. {machine_line()}"
-    print(table)
-    if args.out is not None:
-        update_section(args.out, key="chores_suites", title="Safety-CHORES assurance suites and elicitation", table=table)
+    publish(table, args.out, "chores_suites", "Safety-CHORES assurance suites and elicitation")
 
 
 if __name__ == "__main__":

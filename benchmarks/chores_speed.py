@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from report import machine_line, update_section  # benchmarks/report.py, beside this script
+from report import machine_line, publish  # benchmarks/report.py, beside this script
 from cmdp.envs.chores import catalog as cat
 from cmdp.envs.chores.env import ChoresEnv
 from cmdp.envs.chores.episodes import sample_episode
@@ -131,10 +131,7 @@ def main() -> None:
         best = max(statistics.median(wall[name]), statistics.median(cpu[name]))
         verdicts.append(f"{name} at N={n} >= {target:,}: {'met' if best >= target else 'NOT met'} ({best:,.0f})")
     lines.append("Targets (by the better of wall and CPU time): " + "; ".join(verdicts) + ".")
-    table = "\n".join(lines)
-    print(table)
-    if args.out is not None:
-        update_section(args.out, "chores_speed", "Safety-CHORES simulator speed", table)
+    publish("\n".join(lines), args.out, "chores_speed", "Safety-CHORES simulator speed")
 
 
 if __name__ == "__main__":

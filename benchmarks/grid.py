@@ -23,6 +23,7 @@ from pathlib import Path
 
 from report import machine_line, update_section  # benchmarks/report.py, beside this script
 from cmdp.benchmark.cells import RESULT_FILE, CellSpec
+from cmdp.benchmark.runner import CELL_TORCH_THREADS
 from cmdp.benchmark.summary import aggregate, markdown_table
 from cmdp.cli import main as cmdp_main
 
@@ -66,7 +67,7 @@ def _report(path: Path, out: Path, command: str, section: str = "grid") -> None:
     note = f" over {len(runs)} invocations (resumed after interruptions)" if len(runs) > 1 else ""
     busy = f"; load average at the end (1, 5, 15 min): {', '.join(f'{x:.1f}' for x in load)}" if load else ""
     lines = [
-        machine_line(),
+        machine_line(CELL_TORCH_THREADS),
         "",
         f"Command: `nice -n 10 {command}` (the same as `cmdp benchmark` with those flags). "
         f"{len(results)} of {len(specs)} cells: {len(solvers)} solvers x {len(envs)} envs x seeds "

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from report import machine_line, update_section  # benchmarks/report.py, beside this script
+from report import machine_line, publish  # benchmarks/report.py, beside this script
 from cmdp.algorithms import ALGORITHMS
 from cmdp.config_files import parse_set_overrides
 from cmdp.envs.gridworld import DEFAULT_COST_LIMIT, evaluate_policy_exact, learned_policy_table, solve_lp
@@ -71,16 +71,7 @@ def main() -> None:
         + [f"--set {item}" for item in args.overrides]
         + ([f"--section {args.section}"] if args.section != "gridworld" else [])
     )
-    lines = [
-        machine_line(),
-        f"Command: `{command}`: "
-        f"{args.epochs} epochs of 4096 steps, default settings plus a linearly decaying actor learning rate. "
-        "Cost and return are exact expectations of the final policy, as ratios to the limit and to the LP "
-        "constrained optimum. 'meets': every cost <= 1.05 x limit and return >= 0.9 x optimum.",
-        "",
-        "| solver | env | per seed: return / optimum, cost / limit | meets | s per run |",
-        "|---|---|---|---:|---:|",
-    ]
+    rows = []
     for name, env_id, limits in cases:
         results = [run(name, env_id, limits, seed, args.epochs, overrides) for seed in args.seeds]
         per_seed = "; ".join(
@@ -88,13 +79,21 @@ def main() -> None:
         )
         met = sum(r["meets"] for r in results)
         secs = np.median([r["seconds"] for r in results])
-        lines.append(f"| {name} | {env_id} | {per_seed} | {met}/{len(results)} | {secs:.0f} |")
-        print(lines[-1], flush=True)
-    table = "\n".join(lines)
-    print(table)
-    if args.out is not None:
-        title = "Solvers on the LP gridworlds" + (f" ({args.section})" if args.section != "gridworld" else "")
-        update_section(args.out, args.section, title, table)
+        rows.append(f"| {name} | {env_id} | {per_seed} | {met}/{len(results)} | {secs:.0f} |")
+        print(rows[-1], flush=True)
+    lines = [
+        machine_line(),  # after the runs: the solvers set the thread count
+        f"Command: `{command}`: "
+        f"{args.epochs} epochs of 4096 steps, default settings plus a linearly decaying actor learning rate. "
+        "Cost and return are exact expectations of the final policy, as ratios to the limit and to the LP "
+        "constrained optimum. 'meets': every cost <= 1.05 x limit and return >= 0.9 x optimum.",
+        "",
+        "| solver | env | per seed: return / optimum, cost / limit | meets | s per run |",
+        "|---|---|---|---:|---:|",
+        *rows,
+    ]
+    title = "Solvers on the LP gridworlds" + (f" ({args.section})" if args.section != "gridworld" else "")
+    publish("\n".join(lines), args.out, args.section, title)
 
 
 if __name__ == "__main__":

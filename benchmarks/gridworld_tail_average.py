@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from gridworld_solvers import judge  # beside this script
-from report import machine_line, update_section
+from report import machine_line, publish
 from cmdp.algorithms import ALGORITHMS
 from cmdp.algorithms.engine import WeightAverage, in_averaged_tail
 from cmdp.envs.gridworld import DEFAULT_COST_LIMIT
@@ -60,17 +60,7 @@ def main() -> None:
     if not all(0.0 < f < 1.0 for f in args.fractions):
         parser.error(f"--fractions must lie in (0, 1), got {args.fractions}")
     columns = [0.0, *args.fractions]
-    lines = [
-        machine_line(),
-        f"Command: `python benchmarks/gridworld_tail_average.py --solvers {' '.join(args.solvers)} --envs "
-        f"{' '.join(args.envs)} --seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs} --fractions "
-        f"{' '.join(map(str, args.fractions))}`: {args.epochs} epochs of 4096 steps, linearly decaying actor "
-        "learning rate, otherwise defaults. Per column: runs that meet the criterion (every cost <= 1.05 x "
-        "limit, return >= 0.9 x optimum), then the worst cost / limit over seeds and channels.",
-        "",
-        "| solver | env | last iterate | " + " | ".join(f"average of last {f:g}" for f in args.fractions) + " |",
-        "|---|---|" + "---:|" * len(columns),
-    ]
+    rows = []
     for name in args.solvers:
         for env_id in args.envs:
             runs = [run(name, env_id, seed, args.epochs, args.fractions) for seed in args.seeds]
@@ -79,12 +69,21 @@ def main() -> None:
                 met = sum(r[f]["meets"] for r in runs)
                 worst = max(float(np.max(r[f]["cost_ratio"])) for r in runs)
                 cells.append(f"{met}/{len(runs)}, {worst:.2f}")
-            lines.append(f"| {name} | {env_id} | " + " | ".join(cells) + " |")
-            print(lines[-1], flush=True)
-    table = "\n".join(lines)
-    print(table)
-    if args.out is not None:
-        update_section(args.out, "gridworld_tail_average", "Tail averaging on the LP gridworlds", table)
+            rows.append(f"| {name} | {env_id} | " + " | ".join(cells) + " |")
+            print(rows[-1], flush=True)
+    lines = [
+        machine_line(),  # after the runs: the solvers set the thread count
+        f"Command: `python benchmarks/gridworld_tail_average.py --solvers {' '.join(args.solvers)} --envs "
+        f"{' '.join(args.envs)} --seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs} --fractions "
+        f"{' '.join(map(str, args.fractions))}`: {args.epochs} epochs of 4096 steps, linearly decaying actor "
+        "learning rate, otherwise defaults. Per column: runs that meet the criterion (every cost <= 1.05 x "
+        "limit, return >= 0.9 x optimum), then the worst cost / limit over seeds and channels.",
+        "",
+        "| solver | env | last iterate | " + " | ".join(f"average of last {f:g}" for f in args.fractions) + " |",
+        "|---|---|" + "---:|" * len(columns),
+        *rows,
+    ]
+    publish("\n".join(lines), args.out, "gridworld_tail_average", "Tail averaging on the LP gridworlds")
 
 
 if __name__ == "__main__":

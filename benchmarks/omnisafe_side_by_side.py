@@ -335,7 +335,7 @@ def build_table(results: dict[tuple[str, str], dict], settings: Settings, comman
 
     loads = [r[k] for r in results.values() for k in ("load_at_start", "load_at_end")]
     lines = [
-        machine_line(),
+        machine_line(torch_threads=max((r.get("torch_threads", 1) for r in results.values()), default=1)),
         "",
         f"Command: `{command}` (with the peer env's python, built by `bash benchmarks/peers/setup_omnisafe.sh`). "
         f"Versions: {versions()}.",
@@ -477,11 +477,8 @@ def main() -> None:
 
 
 def write_table(out: Path | None, section: str, results: dict[tuple[str, str], dict], settings: Settings) -> str:
-    import torch
-
     from report import update_section  # benchmarks/report.py, beside this script
 
-    torch.set_num_threads(1)  # as in every run, so that machine_line() says so
     command = "python benchmarks/omnisafe_side_by_side.py " + " ".join(
         shlex.quote(a) for a in sys.argv[1:] if not a.startswith(str(REPO))
     )

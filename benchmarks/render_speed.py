@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from report import machine_line, update_section  # benchmarks/report.py, beside this script
+from report import machine_line, publish  # benchmarks/report.py, beside this script
 from cmdp.envs.chores import catalog as cat
 from cmdp.envs.chores.house import House, HouseGrid, HouseParams, generate_house
 from cmdp.envs.chores.render import CameraSpec, render_manip, render_nav
@@ -136,10 +136,7 @@ def main() -> None:
     for count in OBJECT_COUNTS:
         nav, manip = cell(("objects", count, "nav")), cell(("objects", count, "manip"))
         lines.append(f"| {count} | {nav[0]:.1f} ({nav[1]:.1f}) | {manip[0]:.1f} ({manip[1]:.1f}) |")
-    table = "\n".join(lines)
-    print(table)
-    if args.out is not None:
-        update_section(args.out, "render", "Safety-CHORES rendering speed", table)
+    publish("\n".join(lines), args.out, "render", "Safety-CHORES rendering speed")
 
 
 if __name__ == "__main__":

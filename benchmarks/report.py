@@ -10,12 +10,23 @@ from pathlib import Path
 import torch
 
 
-def machine_line() -> str:
+def machine_line(torch_threads: int | None = None) -> str:
+    """Date, machine and versions of a measurement. ``torch_threads``: the thread count the
+    measured runs used (default: this process's now, which is theirs when they ran in it: the
+    solvers set it, so call this after them)."""
+    threads = torch.get_num_threads() if torch_threads is None else torch_threads
     return (
         f"Measured {dt.date.today().isoformat()} on {platform.node() or 'this machine'}: {os.cpu_count()} cores, "
         f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} thread(s))."
+        f"({threads} thread(s))."
     )
+
+
+def publish(table: str, out: Path | None, key: str, title: str) -> None:
+    """Print ``table`` and, when ``out`` is given, write it as section ``key`` of that file."""
+    print(table)
+    if out is not None:
+        update_section(out, key, title, table)
 
 
 def update_section(path: Path, key: str, title: str, table: str) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 import cmdp
-from report import machine_line, update_section  # benchmarks/report.py, beside this script
+from report import machine_line, publish  # benchmarks/report.py, beside this script
 from cmdp.algorithms import ALGORITHMS
 
 def raw_env_rate(env_id: str, num_envs: int, steps: int = 200_000) -> float:
@@ -90,10 +90,7 @@ def main() -> None:
         ro = statistics.median(r["rollout"] for r in runs)
         up = statistics.median(r["update"] for r in runs)
         lines.append(f"| {name} | {sps:,.0f} | {ro:.0%} | {up:.0%} |")
-    table = "\n".join(lines)
-    print(table)
-    if args.out is not None:
-        update_section(args.out, "throughput", "Training throughput", table)
+    publish("\n".join(lines), args.out, "throughput", "Training throughput")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 import cmdp
-from report import machine_line, update_section  # benchmarks/report.py, beside this script
+from report import machine_line, publish  # benchmarks/report.py, beside this script
 from cmdp.algorithms import PPOLag
 from cmdp.policies.vla import VLAPolicy
 
@@ -168,10 +168,7 @@ def main() -> None:
     parser.add_argument("--no-speed", action="store_true", help="only the IL table")
     args = parser.parse_args()
     if args.il_eval:
-        table = il_table(args.il_eval)
-        print(table)
-        if args.out is not None:
-            update_section(args.out, "vla_il", "Imitation-learned VLA policy", table)
+        publish(il_table(args.il_eval), args.out, "vla_il", "Imitation-learned VLA policy")
     if args.no_speed:
         return
     torch.set_num_threads(1)
@@ -211,10 +208,7 @@ def main() -> None:
         f"| share of wall time in rollout / update | {train['rollout']:.0%} / {train['update']:.0%} |",
         f"| steps measured (after one warm-up epoch) | {train['steps']:,} |",
     ]
-    table = "\n".join(lines)
-    print(table)
-    if args.out is not None:
-        update_section(args.out, "vla", "VLA policy speed", table)
+    publish("\n".join(lines), args.out, "vla", "VLA policy speed")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,9 @@ __all__ = ["GridConfig", "GridPlan", "GridReport", "plan_grid", "run_grid"]
 
 Note = Callable[[str], None]
 
+# every cell trains on one thread: cells run side by side, one per core
+CELL_TORCH_THREADS = 1
+
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -358,7 +361,7 @@ def _cell_task(spec_data: dict[str, Any], cell_dir: str) -> dict[str, Any]:
     machine can write it, else a temporary one (the result goes back to the driver anyway)."""
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(CELL_TORCH_THREADS)
     path = Path(cell_dir)
     try:
         path.mkdir(parents=True, exist_ok=True)
