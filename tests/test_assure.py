@@ -8,7 +8,6 @@ evaluation set and on a PPOLag checkpoint trained for one epoch.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -10,7 +10,6 @@ of ``StretchController`` that replays the recording, so the env code path is the
 from __future__ import annotations
 
 import copy
-import functools
 import gzip
 import json
 import math
@@ -19,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import pytest
 

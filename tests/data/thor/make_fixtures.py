@@ -321,7 +321,6 @@ def arm_metadata(agent: dict, arm: dict, held: list[str], touched: list[str]) ->
 
 def event_metadata(world: dict, last_action: str, error: str, success: bool) -> dict:
     agent = world["agent"]
-    seen = set(camera(agent, world["pos"], SEEN))
     near = set(camera(agent, world["pos"], VISIBILITY))
     objects = [static_metadata(oid, t, n, p, agent) for oid, t, n, p in STATIC]
     for spec in OBJECTS:
