@@ -275,7 +275,9 @@ class _StepEncoder(nn.Module):
         self.time = nn.Linear(2 * (d // 2), d)
 
     def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
-        text = self.text(obs["instruction"])
+        # a batch holds few distinct instructions (one per episode): encode each once
+        instructions, which = torch.unique(obs["instruction"], dim=0, return_inverse=True)
+        text = self.text(instructions)[which]
         nav = self.cameras(obs["rgb_nav"], text, 0)
         manip = self.cameras(obs["rgb_manip"], text, 1)
         t = obs["time_step"].reshape(-1)
