@@ -141,6 +141,24 @@ def test_random_shift_translates_each_frame_by_its_own_offset():
     assert len(offsets) == (2 * pad + 1) ** 2  # 120 frames draw their offsets independently
 
 
+def test_bf16_autocast_gives_the_float32_loss_and_gradient_to_within_rounding(demo_dir):
+    from cmdp.isa.imitation import _cloning_terms, _segment_batch
+
+    demos = load_demos(demo_dir)
+    torch.manual_seed(0)
+    policy = VLAPolicy(*spaces_from_signature(IO), 5, TINY)
+    batch = _segment_batch(demos, _segments(demos, _cloned_episodes(demos, True), 16, TINY.context))
+    terms, grads = {}, {}
+    for bf16 in (False, True):
+        policy.zero_grad()
+        terms[bf16] = _cloning_terms(policy, batch, bf16)
+        (terms[bf16][0] / terms[bf16][2]).backward()
+        grads[bf16] = torch.cat([p.grad.flatten() for p in policy.actor_parameters() if p.grad is not None])
+    assert terms[True][0].dtype == torch.float32  # log-probabilities are summed in float32
+    assert terms[True][0].item() == pytest.approx(terms[False][0].item(), rel=0.01)
+    assert torch.nn.functional.cosine_similarity(grads[True], grads[False], dim=0) > 0.99
+
+
 def test_held_out_episodes_are_scored_and_never_cloned(demo_dir, tmp_path):
     from cmdp.isa.imitation import BCConfig, _split_episodes
 

@@ -604,6 +604,11 @@ class BCConfig(Config):
         "so the network cannot key on exact pixel positions of the houses it has seen (0: off).",
         ge=0,
     )
+    bf16: bool = option(
+        False,
+        "Run the network under bfloat16 autocast (weights, optimiser and log-probabilities stay "
+        "float32): about a third faster per step on CPUs with AVX512-BF16 or AMX, slower elsewhere.",
+    )
     checkpoint_every: int = option(200, "Write out_dir/bc_checkpoint.pt every this many steps.", ge=1)
     log_every: int = option(20, "Write a progress.csv row every this many steps (mean over them).", ge=1)
     torch_threads: int | None = option(
@@ -768,7 +773,7 @@ def train_bc(
             if cfg.image_shift:
                 for key in IMAGE_KEYS:
                     batch["obs"][key] = random_shift(batch["obs"][key], cfg.image_shift, rng)
-            nll, correct, scored = _cloning_terms(policy, batch)
+            nll, correct, scored = _cloning_terms(policy, batch, cfg.bf16)
             loss = nll / scored
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -782,7 +787,9 @@ def train_bc(
             if step % cfg.log_every == 0 or step == cfg.steps:
                 row = {"step": step, "loss": sums["loss"] / count, "accuracy": sums["accuracy"] / count, "lr": lr}
                 if val_segments:
-                    row["val_loss"], row["val_accuracy"] = _validate(policy, demos, val_segments, cfg.batch_segments)
+                    row["val_loss"], row["val_accuracy"] = _validate(
+                        policy, demos, val_segments, cfg.batch_segments, cfg.bf16
+                    )
                 history.append(row)
                 if logger is not None:
                     logger.log(step, {f"BC/{k}": v for k, v in row.items() if k != "step"})
@@ -816,22 +823,27 @@ def _split_episodes(demos: Demos, cfg: BCConfig) -> tuple[np.ndarray, np.ndarray
     return cloned[keep], np.sort(cloned[held])
 
 
-def _validate(policy: VLAPolicy, demos: Demos, segments: list[_Segment], batch: int) -> tuple[float, float]:
+def _validate(
+    policy: VLAPolicy, demos: Demos, segments: list[_Segment], batch: int, bf16: bool = False
+) -> tuple[float, float]:
     """Mean loss and accuracy over every scored step of the held-out segments."""
     totals = np.zeros(3)
     policy.eval()
     with torch.no_grad():
         for i in range(0, len(segments), batch):
-            totals += [float(x) for x in _cloning_terms(policy, _segment_batch(demos, segments[i : i + batch]))]
+            totals += [float(x) for x in _cloning_terms(policy, _segment_batch(demos, segments[i : i + batch]), bf16)]
     policy.train()
     nll, correct, scored = totals
     return nll / scored, correct / scored
 
 
-def _cloning_terms(policy: VLAPolicy, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _cloning_terms(
+    policy: VLAPolicy, batch: dict[str, Any], bf16: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Summed over the scored steps of ``batch``: the negative log-likelihood of the expert's
     actions, the steps where the policy's argmax agrees with them, and the steps."""
-    out = policy.evaluate(batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = policy.evaluate(batch)
     mask = batch["mask"]
     nll = -(out.dist.log_prob(batch["actions"]) * mask).sum()
     with torch.no_grad():
@@ -976,6 +988,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--image-shift", type=int, default=0,
                    help="random-shift augmentation of the camera images, in pixels (0: off)")  # fmt: skip
+    p.add_argument("--bf16", action="store_true",
+                   help="behaviour cloning under bfloat16 autocast (faster on CPUs with AVX512-BF16 or AMX)")  # fmt: skip
     p.add_argument("--validation-episodes", type=int, default=0,
                    help="demonstrations held out of behaviour cloning; their loss and accuracy are logged")  # fmt: skip
     p.add_argument("--dagger-rounds", type=int, default=0, help="DAgger rounds after behaviour cloning")
@@ -1005,7 +1019,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     stats = demo_statistics(demo_dir)
     print(f"expert demonstrations: {json.dumps(stats)}", flush=True)
-    train = dict(batch_segments=args.batch_segments, lr=args.lr, image_shift=args.image_shift, torch_threads=args.threads)
+    train = dict(batch_segments=args.batch_segments, lr=args.lr, image_shift=args.image_shift, bf16=args.bf16,
+                 torch_threads=args.threads)  # fmt: skip
     # held-out episodes in the BC stage only: the DAgger rounds train on everything
     policy, history = train_bc(demo_dir, VLAConfig(), out / "bc", steps=args.steps, seed=args.seed,
                                validation_episodes=args.validation_episodes, **train)  # fmt: skip

@@ -148,7 +148,7 @@ class ActionHead(nn.Module):
     LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
 
     def forward(self, features: Tensor) -> ActionDistribution:
-        out = self.net(features)
+        out = self.net(features).float()  # log-probabilities in float32 also under bfloat16 autocast
         if self.kind == "categorical":
             return Categorical(out)
         mean = self.center + self.half_range * torch.tanh(out)
