@@ -121,6 +121,8 @@ def test_behaviour_cloning_resumes_exactly(demo_dir, tmp_path, image_shift):
     assert log_straight == log_resumed
     with pytest.raises(ConfigError, match="other settings"):
         train_bc(demo_dir, TINY, tmp_path / "b", steps=6, **(args | {"lr": 2e-3}))
+    _, log_bf16 = train_bc(demo_dir, TINY, tmp_path / "b", steps=6, **(args | {"bf16": True}))  # precision may change
+    assert [row["step"] for row in log_bf16] == [1, 2, 3, 4, 5, 6]
 
 
 def test_random_shift_translates_each_frame_by_its_own_offset():

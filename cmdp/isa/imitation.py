@@ -616,7 +616,7 @@ class BCConfig(Config):
     )
 
     # fields that may differ between the run that wrote a checkpoint and the one resuming it
-    RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every", "torch_threads")
+    RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every", "torch_threads", "bf16")
 
 
 @dataclass(frozen=True)
