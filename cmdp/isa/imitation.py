@@ -49,7 +49,7 @@ import torch
 from cmdp.algorithms import checkpoint as ckpt
 from cmdp.algorithms.config import Config, option
 from cmdp.errors import CheckpointError, ConfigError
-from cmdp.policies.vla import OBS_KEYS, VLAConfig, VLAPolicy, load_strict, read_weights_file, spaces_from_signature
+from cmdp.policies.vla import IMAGE_KEYS, OBS_KEYS, VLAConfig, VLAPolicy, load_strict, read_weights_file, spaces_from_signature
 from cmdp.runlog import write_json
 
 log = logging.getLogger("cmdp")
@@ -65,9 +65,6 @@ PRETRAINED_NAME = "vla.pt"
 # Settings added after demonstrations were first recorded, with the value older records had
 # (any other missing setting was None).
 _LATER_SETTINGS = {"teacher": "shortest"}
-
-# the camera images among OBS_KEYS (what image augmentation moves)
-IMAGE_KEYS = ("rgb_nav", "rgb_manip")
 
 # Storage dtypes of the per-step observation keys (the env's int64 ids fit in far less).
 _OBS_DTYPES = {

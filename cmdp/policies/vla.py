@@ -77,7 +77,8 @@ Tensor = torch.Tensor
 PRETRAINED_FORMAT = "cmdp-vla"
 PRETRAINED_VERSION = 1
 DEFAULT_FILENAME = "vla.pt"
-OBS_KEYS = ("rgb_nav", "rgb_manip", "instruction", "holding", "last_action", "time_step")
+IMAGE_KEYS = ("rgb_nav", "rgb_manip")  # the camera images among OBS_KEYS
+OBS_KEYS = (*IMAGE_KEYS, "instruction", "holding", "last_action", "time_step")
 
 
 @dataclass(frozen=True, kw_only=True)
