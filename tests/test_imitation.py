@@ -125,6 +125,35 @@ def test_behaviour_cloning_resumes_exactly(demo_dir, tmp_path, image_shift):
     assert [row["step"] for row in log_bf16] == [1, 2, 3, 4, 5, 6]
 
 
+def test_demo_store_memory_maps_the_same_demonstrations_and_bc_is_unchanged(demo_dir, specs, tmp_path):
+    dagger = tmp_path / "dagger"
+    driver = VLAPolicy(*spaces_from_signature(IO), 5, TINY)
+    generate_demos(out_dir=dagger, episode_list=specs[:2], driver=driver, progress=False,
+                   **(DEMO_ARGS | {"episodes": 2, "max_episode_steps": 20}))  # fmt: skip
+    store = tmp_path / "store"
+    for only_success in (False, True):
+        in_memory = load_demos([demo_dir, dagger], only_success=only_success)
+        mapped = load_demos([demo_dir, dagger], only_success=only_success, store=store)
+        assert isinstance(mapped.obs["rgb_nav"], np.memmap)
+        for key in in_memory.obs:
+            assert np.array_equal(in_memory.obs[key], mapped.obs[key]), key
+        for field in ("actions", "executed", "rewards", "costs", "lengths", "success", "episode_ids", "driven"):
+            assert np.array_equal(getattr(in_memory, field), getattr(mapped, field)), field
+        assert mapped.cost_names == in_memory.cost_names
+    stamp = (store / "obs_rgb_nav.npy").stat().st_mtime_ns
+    load_demos([demo_dir, dagger], only_success=True, store=store)
+    assert (store / "obs_rgb_nav.npy").stat().st_mtime_ns == stamp  # same shards: the files are reused
+    assert load_demos(demo_dir, only_success=True, store=store).num_episodes < mapped.num_episodes  # rewritten
+
+    args = dict(steps=4, batch_segments=2, lr=1e-3, warmup_steps=2, log_every=1, progress=False)
+    _, in_ram = train_bc([demo_dir, dagger], TINY, tmp_path / "a", **args)
+    _, from_disk = train_bc([demo_dir, dagger], TINY, tmp_path / "b", demo_store=True, **args)
+    assert from_disk == in_ram
+    assert not (tmp_path / "b" / "demo_store").exists()  # removed once training completed
+    with pytest.raises(ConfigError, match="demo_store"):
+        train_bc(demo_dir, TINY, None, demo_store=True, **args)
+
+
 def test_random_shift_translates_each_frame_by_its_own_offset():
     from cmdp.isa.imitation import random_shift
 
