@@ -211,6 +211,35 @@ def test_clusters_use_single_linkage():
     np.testing.assert_array_equal(cluster_members(chain[:, :2], member[:, :2]), [[False, False]])
 
 
+def test_clusters_match_a_graph_search_when_some_entities_are_members_nowhere():
+    # cluster_members drops the entities that are a member in no row before linking
+    rng = np.random.default_rng(0)
+    pos = rng.uniform(0.0, 1.2, size=(6, 30, 3)) * np.array([1.0, 1.0, 0.1])
+    member = rng.random((6, 30)) < 0.7
+    member[:, ::4] = False
+    expected = np.zeros_like(member)
+    for r in range(6):
+        idx = np.flatnonzero(member[r])
+        p = pos[r][idx]
+        close = np.linalg.norm(p[:, None] - p[None], axis=-1) < 0.3
+        seen = set()
+        for start in range(len(idx)):
+            if start in seen:
+                continue
+            component, frontier = {start}, [start]
+            while frontier:
+                i = frontier.pop()
+                for j in np.flatnonzero(close[i]):
+                    if int(j) not in component:
+                        component.add(int(j))
+                        frontier.append(int(j))
+            seen |= component
+            if len(component) >= 3:
+                expected[r, idx[sorted(component)]] = True
+    assert expected.any() and not expected.all()
+    np.testing.assert_array_equal(cluster_members(pos, member), expected)
+
+
 def test_corner_needs_both_collision_and_a_cramped_spot():
     layer = SafetyCostLayer(1, 1)
     layer.reset(np.array([0]), snapshot([[0, 0, 0]]))

@@ -13,9 +13,12 @@ from cmdp.envs.chores import catalog as cat
 from cmdp.envs.chores.costs import COST_NAMES
 from cmdp.envs.chores.env import STATE_DIM, STATE_LAYOUT, ChoresEnv
 from cmdp.envs.chores.episodes import EVAL_SEED_BASE, EpisodeSpec, add_hazards, sample_episode
+from cmdp.envs.chores import sim as chores_sim
 from cmdp.envs.chores.eval_sets import EVAL_SIZES, load_eval_set
 from cmdp.envs.chores.expert import run_expert
+from cmdp.envs.chores.geometry import ray_box_entry, segment_box_span
 from cmdp.envs.chores.house import HouseParams, House, generate_house
+from cmdp.envs.chores.scene import Scene
 from cmdp.errors import ConfigError
 
 TASKS = ("ObjectNav", "PickUp", "Fetch")
@@ -284,3 +287,77 @@ def test_exploring_teacher_solves_evaluation_episodes():
     assert np.mean([e["success"] for e in done[:24]]) >= 0.9
     with pytest.raises(ConfigError, match="explore"):  # the same check generate_demos makes
         make_teacher("oracle", env)
+
+
+# ---- culling in the simulator never changes what happens -----------------------------------
+
+
+def test_culling_far_boxes_and_objects_leaves_trajectories_unchanged(monkeypatch):
+    """The simulator tests contacts, pushes and range rays only against boxes and objects within
+    reach; with the cull widened to the whole house the same seed plays out bit for bit."""
+
+    def rollout():
+        env = ChoresEnv("PickUp", num_envs=6, seed=4, house_params={"surface_clutter": 6.0, "floor_clutter": 0.5})
+        env.reset(seed=4)
+        rng = np.random.default_rng(5)
+        physical = np.flatnonzero(cat.PHYSICAL_ACTIONS)
+        out = []
+        for _ in range(150):
+            obs, r, c, te, tr, info = env.step(rng.choice(physical, size=env.num_envs))
+            out.append((obs, r, c, te, tr, info["collided"], env.scene.obj_pos.copy()))
+        return out
+
+    culled = rollout()
+    monkeypatch.setattr(chores_sim, "CULL_SLACK", 100.0)  # every box and object counts as near
+    for x, y in zip(culled, rollout()):
+        for u, v in zip(x, y):
+            np.testing.assert_array_equal(u, v)
+    assert any(step[5].any() for step in culled)  # the rollout did bump into things
+
+
+def ranges_without_culling(scene: Scene, num_rays: int, max_range: float) -> np.ndarray:
+    n, b = scene.box.shape[:2]
+    ang = scene.robot_yaw[:, None] + np.linspace(0.0, 2 * np.pi, num_rays, endpoint=False)[None, :]
+    direction = np.stack([np.cos(ang), np.sin(ang)], axis=-1)
+    t_in = ray_box_entry(scene.robot_xy, direction, scene.box.reshape(n * b, 5), np.repeat(np.arange(n), b))
+    return np.clip(t_in.reshape(n, b, num_rays).min(axis=1) - cat.ROBOT_RADIUS, 0.0, max_range)
+
+
+def test_range_readings_of_a_wall_at_the_edge_of_the_sensing_range():
+    limit = 3.0 + cat.ROBOT_RADIUS  # a box further from the centre than this reads max_range
+    gaps = np.array([-1e-2, -1e-6, 0.0, 1e-6, 1e-2, 0.5])
+    scene = Scene(len(gaps), 3, 1)
+    for row, gap in enumerate(gaps):
+        scene.box[row, 0] = (limit + gap, -1.0, limit + gap + 0.1, 1.0, 1.0)  # a wall straight ahead
+    sim = chores_sim.ChoresSim(scene, np.random.default_rng(0))
+    got = sim.ranges(16, 3.0)
+    np.testing.assert_array_equal(got, ranges_without_culling(scene, 16, 3.0))
+    np.testing.assert_allclose(got[:, 0], np.minimum(limit + gaps - cat.ROBOT_RADIUS, 3.0), atol=1e-6)
+    assert (got[:, 1:] == 3.0).all()  # the other bearings pass the wall's end or reach past it
+
+
+def test_range_readings_match_testing_every_box():
+    rng = np.random.default_rng(1)
+    houses = [generate_house(s) for s in range(8)]
+    scene = Scene(8, max(h.num_boxes for h in houses), max(h.num_objects for h in houses))
+    for row, house in enumerate(houses):
+        scene.load(row, house, (rng.uniform(0, house.width), rng.uniform(0, house.depth), rng.uniform(-np.pi, np.pi)))
+    sim = chores_sim.ChoresSim(scene, rng)
+    for max_range in (0.5, 1.5, 3.0, 20.0):
+        np.testing.assert_array_equal(sim.ranges(16, max_range), ranges_without_culling(scene, 16, max_range))
+
+
+def test_a_box_off_a_sight_lines_bounding_rectangle_never_hides_the_target():
+    """Visibility runs the slab test only on boxes overlapping the bounding rectangle of the
+    camera-to-target segment: any other box must start at t >= 0.999 or be missed."""
+    rng = np.random.default_rng(2)
+    # coordinates on a coarse grid, so segments run along box edges and touch corners exactly
+    a = rng.integers(0, 5, size=(4000, 2)) * 0.5
+    b = rng.integers(0, 5, size=(4000, 2)) * 0.5
+    lo = rng.integers(-1, 6, size=(4000, 2)) * 0.5
+    boxes = np.concatenate([lo, lo + rng.integers(1, 4, size=(4000, 2)) * 0.5], axis=1)[:, [0, 1, 2, 3]]
+    seg_lo, seg_hi = np.minimum(a, b), np.maximum(a, b)
+    off = (boxes[:, 0] > seg_hi[:, 0]) | (boxes[:, 2] < seg_lo[:, 0]) | (boxes[:, 1] > seg_hi[:, 1]) | (boxes[:, 3] < seg_lo[:, 1])
+    t_in, _ = segment_box_span(a, b, boxes[:, None, :])
+    assert off.sum() > 1000
+    assert (t_in[off, 0] >= 0.999).all()

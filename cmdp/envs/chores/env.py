@@ -77,6 +77,8 @@ for _name, _size in _STATE_PARTS:
     STATE_LAYOUT[_name] = slice(_o, _o + _size)
     _o += _size
 STATE_DIM = _o
+# [8, 2] m: where the planning field is probed around the robot for the direction of the path
+_RING = 0.3 * np.stack([np.cos(np.arange(8) * np.pi / 4), np.sin(np.arange(8) * np.pi / 4)], axis=1)
 
 
 def rgb_observation_space(image_size: tuple[int, int], horizon: int) -> gym.spaces.Dict:
@@ -385,9 +387,12 @@ class ChoresEnv(VectorCMDP):
         n, m, b = s.num_envs, s.max_objects, s.max_boxes
         vis_obj, vis_box = self.sim.visibility(self.camera_geometry)
         self._vis_obj = vis_obj
-        box_pos = np.stack(
-            [0.5 * (s.box[..., 0] + s.box[..., 2]), 0.5 * (s.box[..., 1] + s.box[..., 3]), 0.5 * s.box[..., 4]], axis=-1
-        )
+        pos = np.empty((n, m + b, 3))  # small objects, then the furniture's centres
+        pos[:, :m] = s.obj_pos
+        pos[:, m:, 0] = 0.5 * (s.box[..., 0] + s.box[..., 2])
+        pos[:, m:, 1] = 0.5 * (s.box[..., 1] + s.box[..., 3])
+        pos[:, m:, 2] = 0.5 * s.box[..., 4]
+        furniture = s.box_kind == cat.KIND_FURNITURE
         rot = np.zeros((n, m + b, 3))
         rot[:, :m, 0] = np.rad2deg(s.obj_tilt)
         rot[:, :m, 2] = np.rad2deg(s.obj_yaw)
@@ -398,14 +403,14 @@ class ChoresEnv(VectorCMDP):
         fell = np.concatenate([ev.fell, np.zeros((n, b), bool)], axis=1)
         free_fraction = self._lookup(self._free_fraction, s.robot_xy[:, None, :])[:, 0]
         return Snapshot(
-            pos=np.concatenate([s.obj_pos, box_pos], axis=1),
+            pos=pos,
             rot=rot,
-            valid=np.concatenate([s.obj_valid, s.box_kind == cat.KIND_FURNITURE], axis=1),
+            valid=np.concatenate([s.obj_valid, furniture], axis=1),
             movable=np.concatenate([s.obj_valid, np.zeros((n, b), bool)], axis=1),
             dangerous=np.concatenate([dangerous, s.box_dangerous], axis=1),
             visible=np.concatenate([vis_obj, vis_box], axis=1),
             held=held,
-            contacted=np.concatenate([ev.contacted, ev.box_contact & (s.box_kind == cat.KIND_FURNITURE)], axis=1),
+            contacted=np.concatenate([ev.contacted, ev.box_contact & furniture], axis=1),
             collided=ev.collided,
             free_fraction=free_fraction,
             acted=acted,
@@ -434,51 +439,57 @@ class ChoresEnv(VectorCMDP):
         n, m = s.num_envs, s.max_objects
         out = np.zeros((n, STATE_DIM), dtype=np.float32)
         rows = np.arange(n)
+        ri = rows[:, None]
+        rx = s.obj_pos[..., 0] - s.robot_xy[:, 0, None]
+        ry = s.obj_pos[..., 1] - s.robot_xy[:, 1, None]
+        d = np.sqrt(rx**2 + ry**2)
         # target: nearest target instance
-        rel = s.obj_pos[..., :2] - s.robot_xy[:, None, :]
-        d = np.sqrt(rel[..., 0] ** 2 + rel[..., 1] ** 2)
-        d_target = np.where(self._targets, d, np.inf)
-        ti = d_target.argmin(axis=1)
-        t_rel = rotate_to_frame(rel[rows, ti], s.robot_yaw)
+        ti = np.where(self._targets, d, np.inf).argmin(axis=1)
         t_dist = np.maximum(d[rows, ti], 1e-6)
-        path = self._path_distance(rows)
-        ring = 0.3 * np.stack([np.cos(np.arange(8) * np.pi / 4), np.sin(np.arange(8) * np.pi / 4)], axis=1)
-        around = self._lookup(self._fields, s.robot_xy[:, None, :] + ring[None])
+        # the planning field at the robot, then on a ring around it
+        probes = np.concatenate([s.robot_xy[:, None, :], s.robot_xy[:, None, :] + _RING[None]], axis=1)
+        field = self._lookup(self._fields, probes)
+        path, around = field[:, 0], field[:, 1:]
         best = np.where(np.isfinite(around), around, np.inf).argmin(axis=1)
-        way = rotate_to_frame(ring[best][:, None, :], s.robot_yaw)[:, 0] / 0.3
+        # the nearest small objects (not the held one)
+        held_mask = np.arange(m)[None, :] == s.held[:, None]
+        d_obj = np.where(s.obj_valid & ~held_mask, d, np.inf)
+        k = min(NEAREST, m)
+        near = np.argpartition(d_obj, k - 1, axis=1)[:, :k] if m > k else np.tile(np.arange(m), (n, 1))
+        near = near[ri, d_obj[ri, near].argsort(axis=1)]
+        present = d_obj[ri, near] <= HAZARD_RANGE
+        grip = s.gripper()
+        g_rel = s.obj_pos[rows, ti] - grip
+        g_rel[:, 2] += 0.5 * s.obj_height[rows, ti]
+        # every vector of the observation into the robot's frame in one go: the target, the way
+        # along the path, the nearby objects, and the gripper-to-target offset
+        world = np.concatenate(
+            [
+                np.stack([rx[rows, ti], ry[rows, ti]], axis=-1)[:, None], _RING[best][:, None],
+                np.stack([rx[ri, near], ry[ri, near]], axis=-1), g_rel[:, None, :2],
+            ],
+            axis=1,
+        )  # fmt: skip
+        local = rotate_to_frame(world, s.robot_yaw)
+        t_rel, way, nrel, g_xy = local[:, 0], local[:, 1] / 0.3, local[:, 2 : 2 + k] / HAZARD_RANGE, local[:, -1]
         tgt = STATE_LAYOUT["target"]
         out[:, tgt] = np.stack(
             [t_rel[:, 0] / t_dist, t_rel[:, 1] / t_dist, t_dist / 10.0, np.where(np.isfinite(path), path, 20.0) / 10.0, np.arctan2(way[:, 1], way[:, 0]) / np.pi],
             axis=1,
         )
         out[:, STATE_LAYOUT["ranges"]] = self.sim.ranges(RANGE_RAYS, RANGE_MAX) / RANGE_MAX
-        # the nearest small objects (not the held one)
-        held_mask = np.arange(m)[None, :] == s.held[:, None]
-        d_obj = np.where(s.obj_valid & ~held_mask, d, np.inf)
-        k = min(NEAREST, m)
-        near = np.argpartition(d_obj, k - 1, axis=1)[:, :k] if m > k else np.tile(np.arange(m), (n, 1))
-        order = np.take_along_axis(d_obj, near, 1).argsort(axis=1)
-        near = np.take_along_axis(near, order, 1)
-        present = np.take_along_axis(d_obj, near, 1) <= HAZARD_RANGE
-        fragile, dangerous, _ = s.obj_category_flags()
-        nrel = rotate_to_frame(np.take_along_axis(rel, near[..., None], 1), s.robot_yaw) / HAZARD_RANGE
-        top = np.take_along_axis(s.obj_pos[..., 2] + s.obj_height, near, 1)
+        fragile, dangerous, _ = s.obj_category_flags((ri, near))
+        top = s.obj_pos[ri, near, 2] + s.obj_height[ri, near]
         feats = np.stack(
             [
-                nrel[..., 0], nrel[..., 1], top,
-                np.take_along_axis(fragile, near, 1), np.take_along_axis(dangerous, near, 1),
-                np.take_along_axis(self._clustered, near, 1), np.take_along_axis(self._vis_obj, near, 1),
-                np.ones_like(top),
+                nrel[..., 0], nrel[..., 1], top, fragile, dangerous,
+                self._clustered[ri, near], self._vis_obj[ri, near], np.ones_like(top),
             ],
             axis=-1,
         )  # fmt: skip
         feats *= present[..., None]
         nb = STATE_LAYOUT["nearby"]
         out[:, nb.start : nb.start + k * 8] = feats.reshape(n, -1)
-        grip = s.gripper()
-        g_rel = s.obj_pos[rows, ti] - grip
-        g_rel[:, 2] += 0.5 * s.obj_height[rows, ti]
-        g_xy = rotate_to_frame(g_rel[:, None, :2], s.robot_yaw)[:, 0]
         out[:, STATE_LAYOUT["arm"]] = np.stack(
             [
                 s.arm_ext / cat.ARM_EXTENSION_RANGE[1], s.arm_lift / cat.ARM_LIFT_RANGE[1], np.sin(s.wrist), np.cos(s.wrist),

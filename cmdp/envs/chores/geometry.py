@@ -19,20 +19,21 @@ def point_box_distance2(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return dx * dx + dy * dy
 
 
-def ray_box_entry(origin: np.ndarray, direction: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Distance along rays to the first box they hit (slab test), in float32.
+def ray_box_entry(origin: np.ndarray, direction: np.ndarray, boxes: np.ndarray, env: np.ndarray) -> np.ndarray:
+    """Distance along rays to a list of boxes (slab test), in float32.
 
-    ``origin`` ``[N, 2]`` (one origin per env), ``direction`` ``[N, R, 2]`` unit vectors, boxes
-    ``[N, B, >=4]``. Returns ``[N, R, B]`` entry distances: ``inf`` for a missed box, 0 when the
-    ray starts inside it.
+    ``origin`` ``[N, 2]`` (one origin per env), ``direction`` ``[N, R, 2]`` unit vectors, and
+    ``K`` boxes ``[K, >=4]``, box ``k`` lying in env ``env[k]``. Returns ``[K, R]`` entry
+    distances of env ``env[k]``'s rays into box ``k``: ``inf`` for a miss, 0 when the ray starts
+    inside the box.
     """
-    rel = (boxes[:, :, :4] - np.concatenate([origin, origin], axis=1)[:, None, :]).astype(np.float32)
+    rel = (boxes[:, :4] - np.concatenate([origin, origin], axis=1)[env]).astype(np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
-        inv = (1.0 / direction).astype(np.float32)  # [N, R, 2]
-        tx0 = rel[:, None, :, 0] * inv[:, :, None, 0]
-        tx1 = rel[:, None, :, 2] * inv[:, :, None, 0]
-        ty0 = rel[:, None, :, 1] * inv[:, :, None, 1]
-        ty1 = rel[:, None, :, 3] * inv[:, :, None, 1]
+        inv = (1.0 / direction).astype(np.float32)[env]  # [K, R, 2]
+        tx0 = rel[:, None, 0] * inv[:, :, 0]
+        tx1 = rel[:, None, 2] * inv[:, :, 0]
+        ty0 = rel[:, None, 1] * inv[:, :, 1]
+        ty1 = rel[:, None, 3] * inv[:, :, 1]
     # a zero direction component gives +-inf (nan exactly on a slab edge, read as inside)
     t_in = np.maximum(np.maximum(np.fmin(tx0, tx1), np.fmin(ty0, ty1)), 0.0)
     t_out = np.minimum(np.fmax(tx0, tx1), np.fmax(ty0, ty1))

@@ -38,6 +38,8 @@ front of the centre, to the gripper, ``arm_ext`` further, at height ``arm_lift``
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from cmdp.envs.chores import catalog as cat
@@ -148,10 +150,11 @@ class Scene:
         tip = self.robot_xy + (cat.ROBOT_RADIUS + self.arm_ext)[:, None] * self.heading()
         return np.concatenate([tip, self.arm_lift[:, None]], axis=1)
 
-    def obj_category_flags(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """[N, M] fragile, dangerous and pickupable flags (False for padding)."""
-        c = np.maximum(self.obj_cat, 0)
-        v = self.obj_valid
+    def obj_category_flags(self, index: Any = ...) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """[N, M] fragile, dangerous and pickupable flags (False for padding), or those of the
+        objects picked by ``index``, any numpy index into ``[N, M]`` arrays."""
+        c = np.maximum(self.obj_cat[index], 0)
+        v = self.obj_valid[index]
         return cat.CATEGORY_FRAGILE[c] & v, cat.CATEGORY_DANGEROUS[c] & v, cat.CATEGORY_PICKUPABLE[c] & v
 
     def state_dict(self) -> dict[str, np.ndarray]:

@@ -35,10 +35,13 @@ from cmdp.envs.chores.scene import Scene
 
 ARM_RADIUS = 0.025  # m, half the thickness of the arm bar
 ARM_POINTS = 6  # samples along the arm for contact tests
+_ARM_FRACTIONS = np.linspace(0.0, 1.0, ARM_POINTS)  # where the samples sit along the arm
 MAX_SWEEP = 0.15  # m: the base and gripper move at most this far between contact tests
 JOSTLE_RADIUS = 0.35  # m around a furniture contact in which standing objects are jostled
 FALL_TILT = np.pi / 2
 DROP_TOPPLE_HEIGHT = 0.25  # m: a released object falling further than this ends on its side
+# m: culling tests keep this much extra, so rounding can never drop a pair the exact test keeps
+CULL_SLACK = 1e-3
 
 
 @dataclass
@@ -62,6 +65,33 @@ class StepEvents:
     fell: np.ndarray  # [N, M] bool: objects that fell this step
     picked: np.ndarray  # [N] int: object picked up this step, -1 for none
     action_ok: np.ndarray  # [N] bool: the action did what it asked for
+
+
+@dataclass
+class Body:
+    """The robot's contact geometry at one pose, for R rows, as discs: point 0 is the base,
+    points 1.. are the samples along the arm (the last is the gripper with what it holds)."""
+
+    pts: np.ndarray  # [R, 1 + ARM_POINTS, 2] disc centres
+    radius: np.ndarray  # [R, 1 + ARM_POINTS]
+    zlo: np.ndarray  # [R, 1 + ARM_POINTS] bottom of each disc (the base stands on the floor)
+    zhi: np.ndarray  # [R, 1 + ARM_POINTS] top of each disc
+    present: np.ndarray  # [R, 1 + ARM_POINTS] bool: the disc takes part in contacts
+
+
+@dataclass
+class Pushes:
+    """Objects pushed at one pose, as K (row, object) pairs."""
+
+    rows: np.ndarray  # [K] int: row (into the R rows tested)
+    objects: np.ndarray  # [K] int: object index
+    xy: np.ndarray  # [K, 2] where each is pushed to
+    fall: np.ndarray  # [K] bool: pushed off the edge of its support
+    jam: np.ndarray  # [R] bool: a pushed object would be driven into a box (the robot is blocked)
+
+    @staticmethod
+    def none(num_rows: int) -> Pushes:
+        return Pushes(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 2)), np.zeros(0, bool), np.zeros(num_rows, bool))
 
 
 class ChoresSim:
@@ -133,21 +163,12 @@ class ChoresSim:
 
     # ---- contact tests --------------------------------------------------------------------
 
-    def _arm_points(self, xy: np.ndarray, yaw: np.ndarray, ext: np.ndarray) -> np.ndarray:
+    def _arm_points(self, xy: np.ndarray, yaw: np.ndarray, ext: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """[R, ARM_POINTS, 2] samples along the part of the arm outside the base (the last is
-        the gripper)."""
+        the gripper), written to ``out`` if given."""
         head = np.stack([np.cos(yaw), np.sin(yaw)], axis=1)
-        frac = np.linspace(0.0, 1.0, ARM_POINTS)
-        along = cat.ROBOT_RADIUS + frac[None, :] * ext[:, None]
-        return xy[:, None, :] + along[:, :, None] * head[:, None, :]
-
-    @staticmethod
-    def _arm_present(ext: np.ndarray, held_r: np.ndarray) -> np.ndarray:
-        """[R, ARM_POINTS]: which arm samples stick out of the base. A stowed arm stays within
-        the base's footprint; an object held by a stowed arm still hangs out in front."""
-        present = np.repeat((ext > ARM_RADIUS)[:, None], ARM_POINTS, axis=1)
-        present[:, -1] |= held_r > 0
-        return present
+        along = cat.ROBOT_RADIUS + _ARM_FRACTIONS[None, :] * ext[:, None]
+        return np.add(xy[:, None, :], along[:, :, None] * head[:, None, :], out=out)
 
     def _held_geometry(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Radius and height of the held object per row (0 when nothing is held)."""
@@ -159,131 +180,118 @@ class ChoresSim:
         h = np.where(has, s.obj_height[rows, idx], 0.0)
         return r, h
 
-    def _contacts(self, rows: np.ndarray, xy, yaw, ext, lift, base: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Boxes hit by the base (where ``base``) and by the arm and held object at this pose.
+    def _body(self, xy, yaw, ext, lift, base: np.ndarray, held_r: np.ndarray, held_h: np.ndarray) -> Body:
+        """The robot's discs at this pose; the base disc takes part only where ``base``.
 
-        The arm passes over boxes lower than itself and is stopped by taller ones. Returns the
-        boxes hit by the base ``[R, B]``, by the arm ``[R, B]``, and whether anything was hit ``[R]``."""
-        s = self.scene
-        pts = self._arm_points(xy, yaw, ext)
-        pts = np.concatenate([xy[:, None, :], pts], axis=1)  # point 0: the base centre
-        boxes = s.box[rows]
-        d2 = point_box_distance2(pts, boxes)  # [R, 1 + P, B]
-        held_r, held_h = self._held_geometry(rows)
-        radius = np.full(pts.shape[:2], ARM_RADIUS)
+        The arm is a bar of radius ``ARM_RADIUS`` at height ``lift``; the gripper's disc grows to
+        the held object's radius and reaches down by its height."""
+        shape = (len(xy), 1 + ARM_POINTS)
+        pts = np.empty(shape + (2,))
+        pts[:, 0] = xy
+        self._arm_points(xy, yaw, ext, out=pts[:, 1:])
+        grip_r = np.maximum(ARM_RADIUS, held_r)
+        radius = np.full(shape, ARM_RADIUS)
         radius[:, 0] = cat.ROBOT_RADIUS
-        radius[:, -1] = np.maximum(ARM_RADIUS, held_r)
-        bottom = np.repeat(lift[:, None] - ARM_RADIUS, pts.shape[1], axis=1)
-        bottom[:, 0] = -1.0
-        bottom[:, -1] = lift - np.maximum(ARM_RADIUS, held_h)
-        # a stowed arm sits over the base: only its gripper end exists beyond it
-        present = np.ones(pts.shape[:2], dtype=bool)
+        radius[:, -1] = grip_r
+        zlo = np.empty(shape)
+        zlo[:] = (lift - ARM_RADIUS)[:, None]
+        zlo[:, 0] = 0.0
+        zlo[:, -1] = lift - np.maximum(ARM_RADIUS, held_h)
+        zhi = np.empty(shape)
+        zhi[:] = (lift + ARM_RADIUS)[:, None]
+        zhi[:, 0] = cat.BASE_HEIGHT
+        # a stowed arm stays within the base's footprint; an object held by a stowed arm still
+        # hangs out in front
+        present = np.empty(shape, dtype=bool)
         present[:, 0] = base
-        present[:, 1:] = self._arm_present(ext, held_r)
-        hit = (d2 < radius[:, :, None] ** 2) & (boxes[:, None, :, 4] > bottom[:, :, None]) & present[:, :, None]
-        base_hit = hit[:, 0]
-        arm_hit = hit[:, 1:].any(axis=1)
+        present[:, 1:] = (ext > ARM_RADIUS)[:, None]
+        present[:, -1] |= held_r > 0
+        return Body(pts, radius, zlo, zhi, present)
+
+    def _contacts(self, rows: np.ndarray, body: Body, near: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Boxes hit by the base (where present) and by the arm and held object at this pose,
+        among the boxes marked ``near`` ``[R, B]`` (the others must be out of reach).
+
+        The base is stopped by any box; the arm passes over boxes lower than itself and is
+        stopped by taller ones. Returns the boxes hit by the base ``[R, B]``, by the arm
+        ``[R, B]``, and whether anything was hit ``[R]``."""
+        s = self.scene
+        base_hit = np.zeros((len(rows), s.max_boxes), dtype=bool)
+        arm_hit = np.zeros_like(base_hit)
+        pr, pb = np.nonzero(near)
+        if pr.size == 0:
+            return base_hit, arm_hit, np.zeros(len(rows), dtype=bool)
+        boxes = s.box[rows[pr], pb]  # [K, 5]
+        d2 = point_box_distance2(body.pts[pr], boxes[:, None, :])[..., 0]  # [K, 1 + ARM_POINTS]
+        tall = boxes[:, 4, None] > body.zlo[pr]
+        tall[:, 0] = True
+        hit = (d2 < body.radius[pr] ** 2) & tall & body.present[pr]
+        base_hit[pr, pb] = hit[:, 0]
+        arm_hit[pr, pb] = hit[:, 1:].any(axis=1)
         return base_hit, arm_hit, base_hit.any(axis=1) | arm_hit.any(axis=1)
 
-    def _pushes(self, rows: np.ndarray, xy, yaw, ext, lift, include_base: np.ndarray):
-        """Objects the robot overlaps at this pose and where they are pushed to.
-
-        Returns ``(touch [R, M], new_xy [R, M, 2], fall [R, M], jam [R])``: objects touched, their
-        pushed positions (unchanged where untouched), which fall off their support, and whether
-        a pushed object would be driven into a box (the robot is then blocked)."""
+    def _pushes(self, rows: np.ndarray, body: Body, yaw: np.ndarray, near: np.ndarray) -> Pushes:
+        """Objects the robot overlaps at this pose and where they are pushed to, among the
+        objects marked ``near`` ``[R, M]`` (the others must be out of reach, and not held)."""
         s = self.scene
-        touch = np.zeros((len(rows), s.max_objects), dtype=bool)
-        new_xy = s.obj_pos[rows, :, :2].copy()
-        jam = np.zeros(len(rows), dtype=bool)
-        # most of the time nothing is within reach: test that cheaply before the full geometry
-        held_r, held_h = self._held_geometry(rows)
-        reach = cat.ROBOT_RADIUS + ext + np.maximum(held_r, ARM_RADIUS) + 0.2
-        dxy = new_xy - xy[:, None, :]
-        d2 = dxy[..., 0] ** 2 + dxy[..., 1] ** 2
-        near = (d2 < reach[:, None] ** 2) & s.obj_valid[rows]
-        sub = np.flatnonzero(near.any(axis=1))
-        if sub.size == 0:
-            return touch, new_xy, touch.copy(), jam
-        t_sub, xy_sub, f_sub, j_sub = self._pushes_near(rows[sub], xy[sub], yaw[sub], ext[sub], lift[sub], include_base[sub], held_r[sub], held_h[sub])
-        touch[sub], new_xy[sub], jam[sub] = t_sub, xy_sub, j_sub
-        fall = np.zeros_like(touch)
-        fall[sub] = f_sub
-        return touch, new_xy, fall, jam
-
-    def _pushes_near(self, rows, xy, yaw, ext, lift, include_base, held_r, held_h):
-        s = self.scene
-        pts = self._arm_points(xy, yaw, ext)
-        pr = np.full(pts.shape[:2], ARM_RADIUS)
-        pr[:, -1] = np.maximum(ARM_RADIUS, held_r)
-        zlo = np.repeat(lift[:, None] - ARM_RADIUS, ARM_POINTS, axis=1)
-        zlo[:, -1] = lift - np.maximum(ARM_RADIUS, held_h)
-        zhi = np.repeat(lift[:, None] + ARM_RADIUS, ARM_POINTS, axis=1)
-        present = self._arm_present(ext, held_r)
-        pts = np.concatenate([xy[:, None, :], pts], axis=1)
-        pr = np.concatenate([np.full((len(rows), 1), cat.ROBOT_RADIUS), pr], axis=1)
-        zlo = np.concatenate([np.zeros((len(rows), 1)), zlo], axis=1)
-        zhi = np.concatenate([np.full((len(rows), 1), cat.BASE_HEIGHT), zhi], axis=1)
-        present = np.concatenate([include_base[:, None], present], axis=1)
-        oxy = s.obj_pos[rows, :, :2]
-        oz = s.obj_pos[rows, :, 2]
-        orad = s.obj_radius[rows]
-        otop = oz + np.maximum(s.obj_height[rows], 0.02)
-        held_mask = np.arange(s.max_objects)[None, :] == s.held[rows][:, None]
-        subject = s.obj_valid[rows] & ~held_mask
-        diff = oxy[:, None, :, :] - pts[:, :, None, :]  # [R, P, M, 2]
+        pr, po = np.nonzero(near)
+        if pr.size == 0:
+            return Pushes.none(len(rows))
+        rr = rows[pr]
+        pos = s.obj_pos[rr, po]  # [K, 3]
+        oxy, oz = pos[:, :2], pos[:, 2]
+        orad = s.obj_radius[rr, po]
+        otop = oz + np.maximum(s.obj_height[rr, po], 0.02)
+        diff = oxy[:, None, :] - body.pts[pr]  # [K, P, 2]
         dist = np.sqrt(diff[..., 0] ** 2 + diff[..., 1] ** 2)
-        reach = pr[:, :, None] + orad[:, None, :]
-        zover = (oz[:, None, :] < zhi[:, :, None]) & (otop[:, None, :] > zlo[:, :, None])
-        overlap = (dist < reach) & zover & subject[:, None, :] & present[:, :, None]
-        touch = overlap.any(axis=1)
-        new_xy = oxy.copy()
-        fall = np.zeros_like(touch)
-        jam = np.zeros(len(rows), dtype=bool)
-        if not touch.any():
-            return touch, new_xy, fall, jam
+        reach = body.radius[pr] + orad[:, None]
+        zover = (oz[:, None] < body.zhi[pr]) & (otop[:, None] > body.zlo[pr])
+        overlap = (dist < reach) & zover & body.present[pr]
+        hit = np.flatnonzero(overlap.any(axis=1))
+        if hit.size == 0:
+            return Pushes.none(len(rows))
+        pr, po, rr, oxy, oz, orad = pr[hit], po[hit], rr[hit], oxy[hit], oz[hit], orad[hit]
+        diff, dist, reach, overlap = diff[hit], dist[hit], reach[hit], overlap[hit]
+        kth = np.arange(len(hit))
         depth = np.where(overlap, reach - dist, -1.0)
         k = depth.argmax(axis=1)  # the pusher point that overlaps each object most
-        d = np.take_along_axis(dist, k[:, None, :], 1)[:, 0]
-        v = np.take_along_axis(diff, k[:, None, :, None], 1)[:, 0]
-        pen = np.take_along_axis(depth, k[:, None, :], 1)[:, 0]
-        head = np.stack([np.cos(yaw), np.sin(yaw)], axis=1)[:, None, :]
+        d, v, pen = dist[kth, k], diff[kth, k], depth[kth, k]
+        head = np.stack([np.cos(yaw[pr]), np.sin(yaw[pr])], axis=1)
         radial = np.where(d[..., None] > 1e-6, v / np.maximum(d, 1e-6)[..., None], head)
         pushed = oxy + (pen + 0.005)[..., None] * radial
         # The arm carries what it hits along its own motion (extending pushes ahead, turning
         # sweeps along the arc); the round base lets objects slide off to the side (radially).
-        prev = self._arm_points(s.robot_xy[rows], s.robot_yaw[rows], s.arm_ext[rows])
-        motion = pts[:, 1:] - prev  # [R, P, 2]
-        mk = np.take_along_axis(motion, np.maximum(k - 1, 0)[..., None], 1)  # [R, M, 2]
+        prev = self._arm_points(s.robot_xy[rr], s.robot_yaw[rr], s.arm_ext[rr])
+        arm_k = np.maximum(k - 1, 0)
+        mk = body.pts[pr, arm_k + 1] - prev[kth, arm_k]  # [K, 2] the pusher's motion this sub-step
         speed = np.sqrt(mk[..., 0] ** 2 + mk[..., 1] ** 2)
         by_arm = (k > 0) & (speed > 1e-4)
         if by_arm.any():
             u = mk / np.maximum(speed, 1e-9)[..., None]
-            w = -v  # from the pusher point to the object is v; solve |v + s u| = reach for s >= 0
-            reach_k = np.take_along_axis(reach, k[:, None, :], 1)[:, 0]
+            # from the pusher point to the object is v; solve |v + s u| = reach for s >= 0
+            reach_k = reach[kth, k]
             b = (v * u).sum(-1)
             c = d**2 - reach_k**2
             along = -b + np.sqrt(np.maximum(b * b - c, 0.0))
             swept = oxy + (along + 0.005)[..., None] * u
             pushed = np.where(by_arm[..., None], swept, pushed)
-            del w
-        new_xy = np.where(touch[..., None], pushed, oxy)
-        support = s.obj_support[rows]
+        support = s.obj_support[rr, po]
         on_box = support >= 0
-        sb = np.take_along_axis(s.box[rows], np.maximum(support, 0)[..., None].astype(np.int64), 1)  # [R, M, 5]
-        outside = (new_xy[..., 0] < sb[..., 0]) | (new_xy[..., 0] > sb[..., 2]) | (new_xy[..., 1] < sb[..., 1]) | (new_xy[..., 1] > sb[..., 3])
-        fall = touch & on_box & outside
+        sb = s.box[rr, np.maximum(support, 0)]  # [K, 5]
+        outside = (pushed[:, 0] < sb[:, 0]) | (pushed[:, 0] > sb[:, 2]) | (pushed[:, 1] < sb[:, 1]) | (pushed[:, 1] > sb[:, 3])
+        falls = on_box & outside
         # jams: a pushed object (not falling) that would overlap a box other than its support
-        check = touch & ~fall
-        if check.any():
-            r_idx, o_idx = np.nonzero(check)
-            boxes = s.box[rows[r_idx]]  # [K, B, 5]
-            p = new_xy[r_idx, o_idx]
+        jam = np.zeros(len(rows), dtype=bool)
+        c_idx = np.flatnonzero(~falls)
+        if c_idx.size:
+            boxes = s.box[rr[c_idx]]  # [C, B, 5]
+            p = pushed[c_idx]
             dx = np.maximum(np.maximum(boxes[..., 0] - p[:, None, 0], p[:, None, 0] - boxes[..., 2]), 0.0)
             dy = np.maximum(np.maximum(boxes[..., 1] - p[:, None, 1], p[:, None, 1] - boxes[..., 3]), 0.0)
             d2 = dx * dx + dy * dy
-            tall = boxes[..., 4] > oz[r_idx, o_idx][:, None] + 0.01
-            own = np.arange(boxes.shape[1])[None, :] == support[r_idx, o_idx][:, None]
-            rad = orad[r_idx, o_idx]
+            tall = boxes[..., 4] > oz[c_idx][:, None] + 0.01
+            own = np.arange(boxes.shape[1])[None, :] == support[c_idx][:, None]
+            rad = orad[c_idx]
             hits = (d2 < rad[:, None] ** 2) & tall & ~own
             stuck = hits.any(axis=1)
             if stuck.any():
@@ -302,25 +310,24 @@ class ChoresSim:
                 dx = np.maximum(np.maximum(boxes[j, :, 0] - q[:, None, 0], q[:, None, 0] - boxes[j, :, 2]), 0.0)
                 dy = np.maximum(np.maximum(boxes[j, :, 1] - q[:, None, 1], q[:, None, 1] - boxes[j, :, 3]), 0.0)
                 still = ((dx * dx + dy * dy < rj[:, None] ** 2) & tall[j] & ~own[j]).any(axis=1)
-                kk = k[r_idx[j], o_idx[j]]
-                pusher = pts[r_idx[j], kk]
+                cj = c_idx[j]
+                kk = k[cj]
+                pusher = body.pts[pr[cj], kk]
                 gap = np.sqrt(((q - pusher) ** 2).sum(-1))
-                still |= gap < pr[r_idx[j], kk] + rj - 1e-3
-                new_xy[r_idx[j], o_idx[j]] = q
-                if still.any():
-                    jam[np.unique(r_idx[j[still]])] = True
-        return touch, new_xy, fall, jam
+                still |= gap < body.radius[pr[cj], kk] + rj - 1e-3
+                pushed[cj] = q
+                jam[pr[cj[still]]] = True
+        return Pushes(pr, po, pushed, falls, jam)
 
-    def _commit_pushes(self, rows, touch, new_xy, fall, ev: StepEvents) -> None:
+    def _commit_pushes(self, rr: np.ndarray, o_idx: np.ndarray, new_xy: np.ndarray, falling: np.ndarray, ev: StepEvents) -> None:
+        """Move objects ``o_idx`` of envs ``rr`` to ``new_xy`` ``[K, 2]``; those ``falling`` drop
+        to the floor."""
         s = self.scene
-        if not touch.any():
+        if rr.size == 0:
             return
-        r_idx, o_idx = np.nonzero(touch)
-        rr = rows[r_idx]
         ev.contacted[rr, o_idx] = True
         pos = s.obj_pos[rr, o_idx]
-        pos[:, :2] = new_xy[r_idx, o_idx]
-        falling = fall[r_idx, o_idx]
+        pos[:, :2] = new_xy
         if falling.any():
             fr, fo = rr[falling], o_idx[falling]
             out = pos[falling, :2] - s.robot_xy[fr]
@@ -352,6 +359,17 @@ class ChoresSim:
         sweep = np.abs(turn) * (cat.ROBOT_RADIUS + ext0 + 0.05) + np.abs(fwd)
         steps = np.maximum(np.ceil(sweep / MAX_SWEEP - 1e-9).astype(np.int64), 1)
         active = np.ones(len(rows), dtype=bool)
+        held_r, held_h = self._held_geometry(rows)  # nothing is picked up or released while moving
+        # Culling, once per step: no disc of the body gets further than `bound` from its start
+        # during the motion, so only boxes and objects within that distance (plus the object's
+        # radius) can be touched. Objects beyond it stay put while the row moves: only touched
+        # objects are pushed, and jostling stops the row. The held object is never pushed.
+        bound = cat.ROBOT_RADIUS + np.maximum(ext0, ext1) + np.maximum(ARM_RADIUS, held_r) + np.abs(fwd) + CULL_SLACK
+        near_box = point_box_distance2(xy0[:, None, :], s.box[rows])[:, 0] < bound[:, None] ** 2
+        odx = s.obj_pos[rows, :, 0] - xy0[:, None, 0]
+        ody = s.obj_pos[rows, :, 1] - xy0[:, None, 1]
+        held_mask = np.arange(s.max_objects)[None, :] == s.held[rows][:, None]
+        near_obj = (odx * odx + ody * ody < (bound[:, None] + s.obj_radius[rows]) ** 2) & s.obj_valid[rows] & ~held_mask
         for k in range(1, int(steps.max()) + 1):
             idx = np.flatnonzero(active & (steps >= k))
             if idx.size == 0:
@@ -362,18 +380,20 @@ class ChoresSim:
             yaw = yaw0[idx] + turn[idx] * frac
             ext = ext0[idx] + (ext1[idx] - ext0[idx]) * frac
             lift = lift0[idx] + (lift1[idx] - lift0[idx]) * frac
-            base_hit, arm_hit, blocked = self._contacts(r, xy, yaw, ext, lift, translating[idx])
+            body = self._body(xy, yaw, ext, lift, translating[idx], held_r[idx], held_h[idx])
+            base_hit, arm_hit, blocked = self._contacts(r, body, near_box[idx])
             # pulling the arm in never makes a contact worse: it is never blocked
             blocked &= ~(dext[idx] < 0)
-            touch, new_xy, fall, jam = self._pushes(r, xy, yaw, ext, lift, translating[idx])
-            blocked |= jam
+            push = self._pushes(r, body, yaw, near_obj[idx])
+            blocked |= push.jam
             if blocked.any():
                 bi = np.flatnonzero(blocked)
                 br = r[bi]
                 ev.collided[br] = True
                 ev.action_ok[br] = False
                 ev.box_contact[br] |= base_hit[bi] | arm_hit[bi]
-                ev.contacted[br] |= touch[bi] & jam[bi, None]
+                jammed = push.jam[push.rows]
+                ev.contacted[r[push.rows[jammed]], push.objects[jammed]] = True
                 bumped = base_hit[bi].any(axis=1)
                 if bumped.any():
                     bb = bi[bumped]
@@ -386,7 +406,8 @@ class ChoresSim:
                 s.robot_yaw[ro] = wrap_angle(yaw[ok])
                 s.arm_ext[ro] = ext[ok]
                 s.arm_lift[ro] = lift[ok]
-                self._commit_pushes(ro, touch[ok], new_xy[ok], fall[ok], ev)
+            moved = ~blocked[push.rows]
+            self._commit_pushes(r[push.rows[moved]], push.objects[moved], push.xy[moved], push.fall[moved], ev)
 
     def _jostle(self, rows: np.ndarray, boxes_hit: np.ndarray, robot_xy: np.ndarray, head: np.ndarray, ev: StepEvents) -> None:
         """Bumping furniture shakes the objects standing on it near the contact point."""
@@ -407,13 +428,7 @@ class ChoresSim:
         s.obj_yaw[rr, o_idx] = wrap_angle(s.obj_yaw[rr, o_idx] + spin)
         sb = s.box[rr, support[r_idx, o_idx]]
         outside = (new_xy[:, 0] < sb[:, 0]) | (new_xy[:, 0] > sb[:, 2]) | (new_xy[:, 1] < sb[:, 1]) | (new_xy[:, 1] > sb[:, 3])
-        touch = np.zeros((len(rows), s.max_objects), dtype=bool)
-        touch[r_idx, o_idx] = True
-        full_xy = s.obj_pos[rows, :, :2].copy()
-        full_xy[r_idx, o_idx] = new_xy
-        fall = np.zeros_like(touch)
-        fall[r_idx, o_idx] = outside
-        self._commit_pushes(rows, touch, full_xy, fall, ev)
+        self._commit_pushes(rr, o_idx, new_xy, outside, ev)
         # shaking is not touching: contact is for what the robot itself hit
         ev.contacted[rr, o_idx] = False
 
@@ -423,12 +438,12 @@ class ChoresSim:
         s = self.scene
         free_hand = s.held[rows] < 0
         tip = s.gripper()[rows]
-        _, _, pickupable = s.obj_category_flags()
+        _, _, pickupable = s.obj_category_flags(rows)
         d = np.linalg.norm(s.obj_pos[rows, :, :2] - tip[:, None, :2], axis=-1)
         oz = s.obj_pos[rows, :, 2]
         top = oz + s.obj_height[rows]
         ok = (
-            pickupable[rows]
+            pickupable
             & (d < cat.GRIPPER_REACH + 0.5 * s.obj_radius[rows])
             & (tip[:, None, 2] >= oz + 0.5 * s.obj_height[rows] - 0.05)
             & (tip[:, None, 2] <= top + cat.GRIPPER_VERTICAL_REACH)
@@ -486,29 +501,30 @@ class ChoresSim:
         furniture that rises above the line of sight."""
         s = self.scene
         n, m, b = s.num_envs, s.max_objects, s.max_boxes
-        cam = np.concatenate([s.robot_xy, np.full((n, 1), camera.height)], axis=1)
-        # target points: object centres, and the point of each box nearest the camera
-        obj_pt = s.obj_pos.copy()
-        obj_pt[..., 2] += 0.5 * s.obj_height
-        bx = np.clip(cam[:, None, 0], s.box[..., 0], s.box[..., 2])
-        by = np.clip(cam[:, None, 1], s.box[..., 1], s.box[..., 3])
-        cx, cy = 0.5 * (s.box[..., 0] + s.box[..., 2]), 0.5 * (s.box[..., 1] + s.box[..., 3])
+        cam_x, cam_y, cam_z = s.robot_xy[:, 0], s.robot_xy[:, 1], camera.height
+        # target points [N, M + B] per coordinate: object centres, then the point of each box
+        # nearest the camera, moved a little inside it
+        box = s.box
+        bx = np.clip(cam_x[:, None], box[..., 0], box[..., 2])
+        by = np.clip(cam_y[:, None], box[..., 1], box[..., 3])
+        cx, cy = 0.5 * (box[..., 0] + box[..., 2]), 0.5 * (box[..., 1] + box[..., 3])
         inset = 0.05
         bx += np.sign(cx - bx) * np.minimum(inset, np.abs(cx - bx))
         by += np.sign(cy - by) * np.minimum(inset, np.abs(cy - by))
-        box_pt = np.stack([bx, by, np.minimum(s.box[..., 4], camera.height) * 0.5], axis=-1)
-        pts = np.concatenate([obj_pt, box_pt], axis=1)  # [N, M + B, 3]
+        px = np.concatenate([s.obj_pos[..., 0], bx], axis=1)
+        py = np.concatenate([s.obj_pos[..., 1], by], axis=1)
+        pz = np.concatenate([s.obj_pos[..., 2] + 0.5 * s.obj_height, np.minimum(box[..., 4], camera.height) * 0.5], axis=1)
         radius = np.concatenate([s.obj_radius, np.zeros((n, b))], axis=1)
         valid = np.concatenate([s.obj_valid, s.box_kind == cat.KIND_FURNITURE], axis=1)
-        rel = pts - cam[:, None, :]
+        rx, ry, rz = px - cam_x[:, None], py - cam_y[:, None], pz - cam_z
         # frustum test in the camera frame, without trigonometry per entity
         c, sn = np.cos(s.robot_yaw)[:, None], np.sin(s.robot_yaw)[:, None]
-        ahead = rel[..., 0] * c + rel[..., 1] * sn
-        side = np.abs(-rel[..., 0] * sn + rel[..., 1] * c)
+        ahead = rx * c + ry * sn
+        side = np.abs(-rx * sn + ry * c)
         cp, sp = np.cos(camera.pitch), np.sin(camera.pitch)
-        depth = ahead * cp + rel[..., 2] * sp
-        up = np.abs(-ahead * sp + rel[..., 2] * cp)
-        dist2 = rel[..., 0] ** 2 + rel[..., 1] ** 2 + rel[..., 2] ** 2
+        depth = ahead * cp + rz * sp
+        up = np.abs(-ahead * sp + rz * cp)
+        dist2 = rx**2 + ry**2 + rz**2
         cand = (
             valid
             & (depth > 0.0)
@@ -523,17 +539,29 @@ class ChoresSim:
         visible = np.zeros((n, m + b), dtype=bool)
         r_idx, e_idx = np.nonzero(cand)
         if r_idx.size:
-            a, t = cam[r_idx], pts[r_idx, e_idx]
-            boxes = s.box[r_idx]
-            t_in, t_out = segment_box_span(a[:, :2], t[:, :2], boxes)
-            z_in = a[:, None, 2] + t_in * (t[:, None, 2] - a[:, None, 2])
-            z_out = a[:, None, 2] + np.minimum(t_out, 1.0) * (t[:, None, 2] - a[:, None, 2])
+            a = np.stack([cam_x[r_idx], cam_y[r_idx]], axis=1)
+            t = np.stack([px[r_idx, e_idx], py[r_idx, e_idx]], axis=1)
+            tz = pz[r_idx, e_idx]
+            # only a box overlapping the sight line's bounding rectangle can cross it before the
+            # target (t_in < 0.999), so the slab test runs on those (candidate, box) pairs alone
+            lo, hi = np.minimum(a, t), np.maximum(a, t)
+            near = (
+                (box[r_idx, :, 0] <= hi[:, None, 0]) & (box[r_idx, :, 2] >= lo[:, None, 0])
+                & (box[r_idx, :, 1] <= hi[:, None, 1]) & (box[r_idx, :, 3] >= lo[:, None, 1])
+            )  # fmt: skip
+            kp, bp = np.nonzero(near)
+            a, t, tz, boxes = a[kp], t[kp], tz[kp], box[r_idx[kp], bp]
+            t_in, t_out = (x[:, 0] for x in segment_box_span(a, t, boxes[:, None, :]))
+            z_in = cam_z + t_in * (tz - cam_z)
+            z_out = cam_z + np.minimum(t_out, 1.0) * (tz - cam_z)
             low = np.minimum(np.where(np.isfinite(z_in), z_in, np.inf), z_out)
-            own_box = np.where(e_idx >= m, e_idx - m, -1)
-            own_support = np.where(e_idx < m, s.obj_support[r_idx, np.minimum(e_idx, m - 1)], -1)
-            bidx = np.arange(b)[None, :]
-            blocks = (t_in < 0.999) & (low < boxes[..., 4]) & (bidx != own_box[:, None]) & (bidx != own_support[:, None])
-            visible[r_idx, e_idx] = ~blocks.any(axis=1)
+            e = e_idx[kp]
+            own_box = np.where(e >= m, e - m, -1)
+            own_support = np.where(e < m, s.obj_support[r_idx[kp], np.minimum(e, m - 1)], -1)
+            blocks = (t_in < 0.999) & (low < boxes[:, 4]) & (bp != own_box) & (bp != own_support)
+            hidden = np.zeros(r_idx.size, dtype=bool)
+            hidden[kp[blocks]] = True
+            visible[r_idx, e_idx] = ~hidden
         return visible[:, :m], visible[:, m:]
 
     def ranges(self, num_rays: int = 16, max_range: float = 3.0) -> np.ndarray:
@@ -542,5 +570,17 @@ class ChoresSim:
         s = self.scene
         ang = s.robot_yaw[:, None] + np.linspace(0.0, 2 * np.pi, num_rays, endpoint=False)[None, :]
         direction = np.stack([np.cos(ang), np.sin(ang)], axis=-1)
-        t_in = ray_box_entry(s.robot_xy, direction, s.box)
-        return np.clip(t_in.min(axis=2) - cat.ROBOT_RADIUS, 0.0, max_range)
+        # a box further than max_range beyond the base's edge can only give a reading clipped
+        # to max_range, so the rays are tested against the (env, box) pairs within that distance
+        d2 = point_box_distance2(s.robot_xy[:, None, :], s.box)[:, 0]
+        near = d2 <= (max_range + cat.ROBOT_RADIUS + CULL_SLACK) ** 2
+        env, bi = np.nonzero(near)
+        entry = np.full((s.num_envs, num_rays), np.inf, dtype=np.float32)
+        if env.size:
+            t_in = ray_box_entry(s.robot_xy, direction, s.box[env, bi], env)  # [K, num_rays]
+            # pairs come grouped by env (row-major nonzero), so a segmented min gives each env's
+            # nearest entry; envs without a pair keep inf
+            count = near.sum(axis=1)
+            has = count > 0
+            entry[has] = np.minimum.reduceat(t_in, (np.cumsum(count) - count)[has], axis=0)
+        return np.clip(entry - cat.ROBOT_RADIUS, 0.0, max_range)
