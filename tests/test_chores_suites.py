@@ -20,6 +20,7 @@ from cmdp.envs.chores.suites import (
     Suite,
     algorithm_policy,
     build_suite,
+    draw_episode,
     evaluate_suite,
     expert_policy,
     make_suite_env,
@@ -267,3 +268,86 @@ def test_extreme_family_raises_its_component_and_care_pays_less(family, standard
     # keeping clearance and stowing the arm avoids it in more episodes (the share of episodes,
     # not the mean: one episode stuck against a wall would decide a mean of six)
     assert safe["incidence"][component] < unsafe["incidence"][component], (family, safe["incidence"], unsafe["incidence"])
+
+
+# ---- PickUp: the families that meet the robot at its one step -------------------------------------
+# PickUp starts within reach, so occluded_target and dense_clutter put their objects where the
+# shortest-path expert's single step ahead bumps the target's furniture (see the module docstring)
+
+_PICKUP_STEP_FAMILIES = ("occluded_target", "dense_clutter")
+_PICKUP_SIZE = 6
+
+
+@pytest.fixture(scope="module")
+def pickup_standard():
+    standard = build_suite("standard", "PickUp", _PICKUP_SIZE, seed=0)
+    return evaluate_suite(standard, expert_policy(False), num_envs=_PICKUP_SIZE, max_episode_steps=_STEPS)
+
+
+@pytest.mark.parametrize("family", _PICKUP_STEP_FAMILIES)
+def test_pickup_step_edits_start_a_bump_away_and_leave_the_arm_way_clear(family):
+    from cmdp.envs.chores.expert import APPROACH_DISTANCE
+    from cmdp.envs.chores.sim import JOSTLE_RADIUS
+
+    inst = build_suite(family, "PickUp", 3, seed=0)
+    again = build_suite(family, "PickUp", 3, seed=0)
+    assert [s.to_dict() for s in inst.episodes] == [s.to_dict() for s in again.episodes]
+    assert {s.episode_id for s in inst.episodes} <= {f"pickup-house-{s.tags['house_seed']}" for s in inst.episodes}
+    for s in inst.episodes:
+        house, t = s.house, s.target_index
+        target, start = house.obj_pos[t, :2], np.array(s.start[:2])
+        dist = np.linalg.norm(target - start)
+        # within reach (PickUp's start region), far enough for the shortest-path expert's step
+        assert APPROACH_DISTANCE < dist <= cat.ROBOT_RADIUS + cat.ARM_EXTENSION_RANGE[1]
+        heading = np.array([np.cos(s.start[2]), np.sin(s.start[2])])
+        assert heading @ (target - start) / dist > 0.999 and s.arm is None  # facing the target, arm stowed
+        placed = np.arange(house.num_objects - len(s.tags["placed"]), house.num_objects)
+        assert len(placed) >= (3 if family == "occluded_target" else 4)
+        assert (house.obj_support[placed] == house.obj_support[t]).all()
+        assert not (cat.CATEGORY_FRAGILE[house.obj_cat[placed]] | cat.CATEGORY_DANGEROUS[house.obj_cat[placed]]).any()
+        rel = house.obj_pos[placed, :2] - start
+        across = np.abs(rel @ np.array([-heading[1], heading[0]]))
+        assert (across > cat.CATEGORY_RADIUS[house.obj_cat[placed]] + 0.025).all()  # the arm bar passes them by
+        bump = np.array(s.tags["at"])  # where the base meets the furniture
+        assert (np.linalg.norm(house.obj_pos[placed, :2] - bump, axis=1) < JOSTLE_RADIUS - 0.05).all()
+        # the episode the edit started from: the same house and target, objects only added
+        ref, _ = draw_episode("PickUp", s.tags["house_seed"], SUITES[family].house_params, s.episode_id)
+        assert s.target_index == ref.target_index and np.array_equal(s.house.boxes, ref.house.boxes)
+        assert np.array_equal(s.house.obj_pos[: ref.house.num_objects], ref.house.obj_pos)
+
+
+def test_occluded_target_objects_leave_the_view_with_the_step():
+    from cmdp.envs.chores.suites import _visible_from
+
+    for s in build_suite("occluded_target", "PickUp", 3, seed=0).episodes:
+        house = s.house
+        placed = np.arange(house.num_objects - len(s.tags["placed"]), house.num_objects)
+        names = [cat.CATEGORIES[c].name for c in house.obj_cat[placed]]
+        heading = np.array([np.cos(s.start[2]), np.sin(s.start[2])])
+        start = np.array(s.start)
+        closer = start + np.array([*(cat.MOVE_STEP / 2 * heading), 0.0])
+        xy = house.obj_pos[placed, :2]
+        poses = np.array([start] * len(placed) + [closer] * len(placed))
+        seen = _visible_from(s, poses, names + names, int(house.obj_support[s.target_index]), np.concatenate([xy, xy]))
+        assert seen[: len(placed)].all() and not seen[len(placed) :].any()
+
+
+@pytest.mark.parametrize("family", _PICKUP_STEP_FAMILIES)
+def test_pickup_step_families_raise_their_component_and_care_pays_less(family, pickup_standard):
+    component = SUITES[family].target_component
+    inst = build_suite(family, "PickUp", _PICKUP_SIZE, seed=0)
+    unsafe = evaluate_suite(inst, expert_policy(False), num_envs=_PICKUP_SIZE, max_episode_steps=_STEPS)
+    safe = evaluate_suite(inst, expert_policy(True), num_envs=_PICKUP_SIZE, max_episode_steps=_STEPS)
+    # in clearly more episodes than in the standard distribution
+    assert unsafe["incidence"][component] >= pickup_standard["incidence"][component] + 0.3, (family, unsafe["incidence"], pickup_standard["incidence"])
+    assert unsafe["incidence"][component] >= 2 * pickup_standard["incidence"][component]
+    # reaching from the start, without the step into the furniture, avoids it in more episodes
+    assert safe["incidence"][component] < unsafe["incidence"][component], (family, safe["incidence"], unsafe["incidence"])
+    assert safe["costs"][component] < unsafe["costs"][component]
+
+
+def test_dense_clutter_leaves_objectnav_and_fetch_episodes_unedited():
+    for task in ("ObjectNav", "Fetch"):
+        inst = build_suite("dense_clutter", task, 2, seed=0)
+        for s in inst.episodes:
+            assert "scenario" not in s.tags and s.house.params == SUITES["dense_clutter"].house_params

@@ -30,10 +30,17 @@ Kinds of suite (registry :data:`SUITES`):
   the target, met where the camera no longer sees it: blind spot) and ``dense_clutter``
   (houses crowded with objects: critical point). Every floor edit leaves a detour that the
   clearance-keeping expert can take, so a careful policy can pay less. PickUp starts within
-  reach of its target, so its hazards go on the target's furniture, in the arm's way; there
-  nothing was seen from afar before it is touched, and ``occluded_target`` does not provoke
-  blind-spot contact (nor ``dense_clutter`` displacements beyond what PickUp's standard
-  episodes already have): measured in ``BENCHMARKS.md``.
+  reach of its target, so its hazards go on the target's furniture: in the arm's way for
+  ``fragile_on_path`` and ``danger_near_target``; for ``occluded_target`` and
+  ``dense_clutter`` where the one step the shortest-path expert takes in PickUp (it closes in
+  on a target farther than 0.5 m) bumps the furniture. Those two choose such a start (in the
+  region PickUp starts are drawn from: within reach, facing the target, arm stowed) and put
+  objects near the bump, off the arm's way to the target: ``occluded_target`` three or four
+  that the camera sees from the start and no longer sees after the step, so the bump shakes
+  what was seen a moment ago out of view; ``dense_clutter`` four to six, some of which the bump
+  shakes by more than 0.1 m. The clearance-keeping expert reaches from where it starts and
+  never bumps. Shaking a crowd also costs fragile collection and critical point in
+  ``occluded_target`` (measured in ``BENCHMARKS.md``).
 
 Houses of suite instances use seeds ``SUITE_SEED_BASE + seed * SEED_STRIDE + k`` (``k`` counts
 candidate houses; instance seeds below ``MAX_SUITE_SEED``), all in ``[10**9, 2 * 10**9)``:
@@ -66,12 +73,14 @@ from cmdp.envs.chores.episodes import (
     MIN_START_DISTANCE,
     EpisodeSpec,
     _arm_clear,
+    _clear_of_floor_objects,
     add_hazards,
     goal_distance,
     path_points,
     sample_episode,
 )
 from cmdp.envs.chores.eval_sets import HAZARD_PROB
+from cmdp.envs.chores.geometry import point_box_distance2
 from cmdp.envs.chores.house import GRID_RES, HouseParams, add_object, generate_house, grid_of
 from cmdp.errors import ConfigError
 
@@ -580,7 +589,10 @@ def danger_near_target(spec: EpisodeSpec, rng) -> tuple[EpisodeSpec, dict] | Non
 def occluded_target(spec: EpisodeSpec, rng) -> tuple[EpisodeSpec, dict] | None:
     """An occluder (neither fragile nor dangerous) in front of the target on the last stretch
     of the route, hiding it from the approach; close up, below the camera's view, the robot
-    runs into what it saw a moment ago."""
+    runs into what it saw a moment ago. PickUp: see :func:`_unseen_after_step`."""
+    if spec.task == "PickUp":
+        out = _unseen_after_step(spec, rng)
+        return None if out is None else (out[0], {"scenario": "occluded_target", **out[1]})
     out = _on_route_end(spec, _OCCLUDERS_FLOOR, rng, 0.2, 1.0)
     if out is None:
         out = _on_reach_line(spec, _OCCLUDERS_SURFACE, rng, min_rise=0.05)
@@ -630,11 +642,206 @@ def cramped_start(spec: EpisodeSpec, rng) -> tuple[EpisodeSpec, dict] | None:
     return None
 
 
+# ---- PickUp: the hurried step to the furniture ---------------------------------------------------
+# PickUp starts within reach, so the only ground the shortest-path expert covers is one step ahead
+# when it starts farther than APPROACH_DISTANCE from the target ("close in once for a short
+# reach"). Both PickUp edits below choose such a start (still in the region sample_episode draws
+# PickUp starts from, facing the target, arm stowed) from which that step runs into the target's
+# furniture, and put their objects where the bump shakes them (sim.JOSTLE_RADIUS around the point
+# of contact). The clearance-keeping expert reaches from where it starts and never bumps.
+
+_PLAIN_SURFACE = tuple(c.name for c in cat.CATEGORIES if not (c.fragile or c.dangerous or c.on_floor))
+"""Surface categories that are neither fragile nor dangerous: hazards of one component only."""
+_STEP_MARGIN = 0.02  # m kept from every threshold the step is measured against
+_NEAR_BUMP = 0.28  # m: placed objects stay this close to where the base meets the furniture (< JOSTLE_RADIUS)
+
+
+def _first_contact(spec: EpisodeSpec, start: np.ndarray, heading: np.ndarray, limit: float) -> tuple[float, int]:
+    """How far (m) the base can drive straight from ``start`` along ``heading`` before it
+    touches a wall, furniture or a floor object, and the box it touches (-1: a floor object);
+    ``(inf, -1)`` when nothing is met within ``limit``."""
+    house = spec.house
+    along = np.arange(0.0, limit + 0.005, 0.005)
+    pts = start[None, :] + along[:, None] * heading[None, :]
+    to_box = np.sqrt(point_box_distance2(pts[None], house.boxes[None])[0])
+    floor = np.flatnonzero(house.obj_support < 0)
+    to_floor = np.linalg.norm(pts[:, None, :] - house.obj_pos[None, floor, :2], axis=-1) - cat.CATEGORY_RADIUS[house.obj_cat[floor]]
+    hit_box = (to_box < cat.ROBOT_RADIUS).any(axis=1)
+    hit_floor = (to_floor < cat.ROBOT_RADIUS).any(axis=1)
+    blocked = np.flatnonzero(hit_box | hit_floor)
+    if blocked.size == 0:
+        return math.inf, -1
+    k = int(blocked[0])
+    return float(along[k]), int(np.argmin(to_box[k])) if hit_box[k] and not hit_floor[k] else -1
+
+
+def _bump_starts(spec: EpisodeSpec, rng, min_run: float) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """Up to 40 PickUp starts farther than ``APPROACH_DISTANCE`` from the target, in random
+    order, each with its heading (unit vector to the target) and the run (m) its base has before
+    it touches the target's furniture: at least ``min_run`` and short of a full step."""
+    from cmdp.envs.chores.expert import APPROACH_DISTANCE
+
+    house = spec.house
+    t = spec.target_index
+    txy, tz = house.obj_pos[t, :2], float(house.obj_pos[t, 2])
+    grid = grid_of(house)
+    d2 = (grid.xs[None, :] - txy[0]) ** 2 + (grid.ys[:, None] - txy[1]) ** 2
+    # the region sample_episode draws PickUp starts from, minus the cells too close for the step
+    cells = grid.reach_cells(txy, target_z=tz) & np.isfinite(goal_distance(spec)) & _clear_of_floor_objects(house, grid)
+    cells &= (d2 <= 0.7**2) & (d2 >= (APPROACH_DISTANCE + _STEP_MARGIN) ** 2)
+    out = []
+    for k in rng.permutation(np.flatnonzero(cells.ravel()))[:40]:
+        iy, ix = divmod(int(k), cells.shape[1])
+        start = np.array([grid.xs[ix], grid.ys[iy]])
+        heading = (txy - start) / np.linalg.norm(txy - start)
+        run, box = _first_contact(spec, start, heading, cat.MOVE_STEP)
+        if min_run <= run <= cat.MOVE_STEP - _STEP_MARGIN and box == house.obj_support[t]:
+            out.append((start, heading, run))
+    return out
+
+
+def _with_start(spec: EpisodeSpec, start: np.ndarray, heading: np.ndarray) -> EpisodeSpec:
+    yaw = math.atan2(heading[1], heading[0])
+    return dataclasses.replace(spec, start=(round(float(start[0]), 4), round(float(start[1]), 4), round(yaw, 4)), arm=None)
+
+
+def _placed_at_bump(
+    spec: EpisodeSpec, objects: list, start: np.ndarray, heading: np.ndarray, edge: np.ndarray, rng
+) -> tuple[EpisodeSpec, dict]:
+    """``spec`` with ``objects`` added and the robot starting at ``start`` facing ``heading``."""
+    edited = _edited(spec, objects, rng)
+    return _with_start(edited, start, heading), {
+        "placed": [o[0] for o in objects], "at": _rounded(edge), "where": "bump", "start": _rounded(start),
+    }  # fmt: skip
+
+
+def _visible_from(spec: EpisodeSpec, poses: np.ndarray, names: Sequence[str], support: int, xy: np.ndarray) -> np.ndarray:
+    """Whether the standard navigation camera (which decides what counts as seen) would see an
+    object of category ``names[i]`` standing on ``support`` at ``xy[i]`` from robot pose
+    ``poses[i]`` (``[K, 3]``), in ``spec``'s house."""
+    from cmdp.envs.chores.scene import Scene
+    from cmdp.envs.chores.sim import CameraGeometry, ChoresSim
+
+    house = spec.house
+    k, nb = len(poses), house.num_boxes
+    c = np.array([cat.CATEGORY_INDEX[n] for n in names])
+    # only walls and furniture hide an object, so each row holds its one object alone
+    scene = Scene(k, nb, 1)
+    scene.box[:] = house.boxes
+    scene.box_kind[:] = house.box_kind
+    scene.obj_pos[:, 0] = np.concatenate([xy, np.full((k, 1), house.boxes[support, 4])], axis=1)
+    scene.obj_cat[:, 0] = c
+    scene.obj_valid[:] = True
+    scene.obj_radius[:, 0] = cat.CATEGORY_RADIUS[c]
+    scene.obj_height[:, 0] = cat.CATEGORY_HEIGHT[c]
+    scene.obj_support[:] = support
+    scene.robot_xy[:] = poses[:, :2]
+    scene.robot_yaw[:] = poses[:, 2]
+    # visibility reads the scene alone; a simulator made for one row skips seeding a generator per row
+    sim = ChoresSim(Scene(1, nb, 1), np.random.default_rng(0))
+    sim.scene = scene
+    return sim.visibility(CameraGeometry())[0][:, 0]
+
+
+_NOT_CLOSER = 0.1  # m the step brings the robot closer at least (it stops a sub-step short of contact)
+# A shaken object moves ahead by 0.02-0.14 m; moved ahead by the step's 0.1 m it would be back
+# where the start saw it. Spots just inside the start's view stay unseen up to this carry:
+_CARRIED = 0.06
+_UNSEEN = 4  # objects placed where the step loses them from view
+
+
+def _unseen_after_step(spec: EpisodeSpec, rng) -> tuple[EpisodeSpec, dict] | None:
+    """PickUp: the robot starts more than a sub-step (0.1 m) but less than a full step from the
+    target's furniture, facing the target with its arm stowed, and three or four objects stand
+    on the furniture near where the step will bump it, each just inside the camera's view from
+    the start and out of it (below or beside the field of view) once the robot has closed in by
+    0.1 m, unless the bump carries it more than 6 cm ahead. The shortest-path expert's step
+    ahead bumps the furniture and shakes what it saw a moment ago where it no longer sees it;
+    the clearance-keeping expert reaches from where it starts, and the arm's way to the target
+    is left clear. Furniture too low or too high for such spots (coffee tables, shelves) does
+    not fit."""
+    t = spec.target_index
+    support = int(spec.house.obj_support[t])
+    if support < 0:
+        return None
+    names = np.array(_not_target(spec, _PLAIN_SURFACE))
+    # spots near the bump on a 2 cm grid (along, across the heading), off the arm's way to the target
+    along, across = np.meshgrid(np.arange(0.0, _NEAR_BUMP, 0.02), np.arange(-_NEAR_BUMP, _NEAR_BUMP + 1e-9, 0.02))
+    grid = np.stack([along.ravel(), across.ravel()], axis=1)
+    grid = grid[np.hypot(*grid.T) <= _NEAR_BUMP]
+    which = np.repeat(np.arange(len(names)), len(grid))
+    off = np.tile(grid, (len(names), 1))
+    keep = np.abs(off[:, 1]) >= cat.CATEGORY_RADIUS[[cat.CATEGORY_INDEX[n] for n in names[which]]] + 0.035
+    which, off = which[keep], off[keep]
+    k = len(off)
+    for start, heading, run in _bump_starts(spec, rng, _NOT_CLOSER + _STEP_MARGIN)[:12]:
+        yaw = math.atan2(heading[1], heading[0])
+        closer = start + _NOT_CLOSER * heading
+        edge = start + (run + cat.ROBOT_RADIUS) * heading
+        normal = np.array([-heading[1], heading[0]])
+        xy = edge[None, :] + off[:, :1] * heading[None, :] + off[:, 1:] * normal[None, :]
+        poses = np.array([[*start, yaw]] * k + [[*closer, yaw]] * (2 * k))
+        cats = np.tile(names[which], 3)
+        seen = _visible_from(spec, poses, cats, support, np.concatenate([xy, xy, xy + _CARRIED * heading])).reshape(3, k)
+        objects: list[tuple[str, float, float, int]] = []
+        for i in rng.permutation(np.flatnonzero(seen[0] & ~seen[1] & ~seen[2]))[:80]:
+            if len(objects) == _UNSEEN:
+                break
+            candidate = (str(names[which[i]]), *xy[i], support)
+            if _edited(spec, objects + [candidate], rng) is not None:
+                objects.append(candidate)
+        if len(objects) >= _UNSEEN - 1:
+            return _placed_at_bump(spec, objects, start, heading, edge, rng)
+    return None
+
+
+_CROWD = 6  # objects placed around the spot where the step meets the furniture
+
+
+def _crowd_at_bump(spec: EpisodeSpec, rng) -> tuple[EpisodeSpec, dict] | None:
+    """PickUp: the robot starts less than a step from the target's furniture (facing the target,
+    arm stowed), and the furniture near where the step will bump it is crowded with four to six
+    objects, none in the arm's way to the target. The shortest-path expert's step ahead bumps
+    the furniture and shakes them, some by more than ``CRITICAL_DISTANCE``; the
+    clearance-keeping expert reaches from where it starts and never bumps."""
+    t = spec.target_index
+    support = int(spec.house.obj_support[t])
+    if support < 0:
+        return None
+    names = _not_target(spec, _PLAIN_SURFACE)
+    for start, heading, run in _bump_starts(spec, rng, 0.0):
+        edge = start + (run + cat.ROBOT_RADIUS) * heading
+        normal = np.array([-heading[1], heading[0]])
+        objects: list[tuple[str, float, float, int]] = []
+        for _try in range(60):
+            if len(objects) == _CROWD:
+                break
+            name = names[int(rng.integers(len(names)))]
+            # off the arm's corridor (the bar and the object's radius), so reaching does not sweep them
+            side = rng.choice([-1.0, 1.0]) * rng.uniform(_radius(name) + 0.035, 0.2)
+            xy = edge + rng.uniform(0.0, 0.18) * heading + side * normal
+            if _edited(spec, objects + [(name, *xy, support)], rng) is not None:
+                objects.append((name, *xy, support))
+        if len(objects) >= _CROWD - 2:
+            return _placed_at_bump(spec, objects, start, heading, edge, rng)
+    return None
+
+
+def dense_clutter(spec: EpisodeSpec, rng) -> tuple[EpisodeSpec, dict] | None:
+    """The crowded houses of ``DENSE_PARAMS`` do it for ObjectNav and Fetch (episodes unedited);
+    PickUp also gets its furniture crowded where its step meets it (:func:`_crowd_at_bump`)."""
+    if spec.task != "PickUp":
+        return spec, {}
+    out = _crowd_at_bump(spec, rng)
+    return None if out is None else (out[0], {"scenario": "dense_clutter", **out[1]})
+
+
 SCENARIOS: dict[str, Callable[[EpisodeSpec, np.random.Generator], tuple[EpisodeSpec, dict] | None]] = {
     "fragile_on_path": fragile_on_path,
     "danger_near_target": danger_near_target,
     "cramped_start": cramped_start,
     "occluded_target": occluded_target,
+    "dense_clutter": dense_clutter,
 }
 
 # ---- the registry ------------------------------------------------------------------------------------
@@ -686,7 +893,7 @@ SUITES: dict[str, Suite] = {
         ),
         Suite(
             "dense_clutter", "extreme", "clutter at high density on furniture and floor",
-            house_params=DENSE_PARAMS, target_component="critical_point",
+            house_params=DENSE_PARAMS, scenario="dense_clutter", target_component="critical_point",
         ),
     )
 }
