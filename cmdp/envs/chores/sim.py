@@ -496,73 +496,8 @@ class ChoresSim:
     # ---- sensing --------------------------------------------------------------------------
 
     def visibility(self, camera: CameraGeometry) -> tuple[np.ndarray, np.ndarray]:
-        """Which objects ``[N, M]`` and furniture boxes ``[N, B]`` the navigation camera sees:
-        inside its field of view, within ``max_distance``, and not hidden behind a wall or
-        furniture that rises above the line of sight."""
-        s = self.scene
-        n, m, b = s.num_envs, s.max_objects, s.max_boxes
-        cam_x, cam_y, cam_z = s.robot_xy[:, 0], s.robot_xy[:, 1], camera.height
-        # target points [N, M + B] per coordinate: object centres, then the point of each box
-        # nearest the camera, moved a little inside it
-        box = s.box
-        bx = np.clip(cam_x[:, None], box[..., 0], box[..., 2])
-        by = np.clip(cam_y[:, None], box[..., 1], box[..., 3])
-        cx, cy = 0.5 * (box[..., 0] + box[..., 2]), 0.5 * (box[..., 1] + box[..., 3])
-        inset = 0.05
-        bx += np.sign(cx - bx) * np.minimum(inset, np.abs(cx - bx))
-        by += np.sign(cy - by) * np.minimum(inset, np.abs(cy - by))
-        px = np.concatenate([s.obj_pos[..., 0], bx], axis=1)
-        py = np.concatenate([s.obj_pos[..., 1], by], axis=1)
-        pz = np.concatenate([s.obj_pos[..., 2] + 0.5 * s.obj_height, np.minimum(box[..., 4], camera.height) * 0.5], axis=1)
-        radius = np.concatenate([s.obj_radius, np.zeros((n, b))], axis=1)
-        valid = np.concatenate([s.obj_valid, s.box_kind == cat.KIND_FURNITURE], axis=1)
-        rx, ry, rz = px - cam_x[:, None], py - cam_y[:, None], pz - cam_z
-        # frustum test in the camera frame, without trigonometry per entity
-        c, sn = np.cos(s.robot_yaw)[:, None], np.sin(s.robot_yaw)[:, None]
-        ahead = rx * c + ry * sn
-        side = np.abs(-rx * sn + ry * c)
-        cp, sp = np.cos(camera.pitch), np.sin(camera.pitch)
-        depth = ahead * cp + rz * sp
-        up = np.abs(-ahead * sp + rz * cp)
-        dist2 = rx**2 + ry**2 + rz**2
-        cand = (
-            valid
-            & (depth > 0.0)
-            & (side <= depth * np.tan(camera.hfov / 2) + radius)
-            & (up <= depth * np.tan(camera.vfov / 2) + radius)
-            & (dist2 <= camera.max_distance**2)
-        )
-        held_mask = np.zeros((n, m + b), dtype=bool)
-        held_rows = np.flatnonzero(s.held >= 0)
-        held_mask[held_rows, s.held[held_rows]] = True
-        cand &= ~held_mask
-        visible = np.zeros((n, m + b), dtype=bool)
-        r_idx, e_idx = np.nonzero(cand)
-        if r_idx.size:
-            a = np.stack([cam_x[r_idx], cam_y[r_idx]], axis=1)
-            t = np.stack([px[r_idx, e_idx], py[r_idx, e_idx]], axis=1)
-            tz = pz[r_idx, e_idx]
-            # only a box overlapping the sight line's bounding rectangle can cross it before the
-            # target (t_in < 0.999), so the slab test runs on those (candidate, box) pairs alone
-            lo, hi = np.minimum(a, t), np.maximum(a, t)
-            near = (
-                (box[r_idx, :, 0] <= hi[:, None, 0]) & (box[r_idx, :, 2] >= lo[:, None, 0])
-                & (box[r_idx, :, 1] <= hi[:, None, 1]) & (box[r_idx, :, 3] >= lo[:, None, 1])
-            )  # fmt: skip
-            kp, bp = np.nonzero(near)
-            a, t, tz, boxes = a[kp], t[kp], tz[kp], box[r_idx[kp], bp]
-            t_in, t_out = (x[:, 0] for x in segment_box_span(a, t, boxes[:, None, :]))
-            z_in = cam_z + t_in * (tz - cam_z)
-            z_out = cam_z + np.minimum(t_out, 1.0) * (tz - cam_z)
-            low = np.minimum(np.where(np.isfinite(z_in), z_in, np.inf), z_out)
-            e = e_idx[kp]
-            own_box = np.where(e >= m, e - m, -1)
-            own_support = np.where(e < m, s.obj_support[r_idx[kp], np.minimum(e, m - 1)], -1)
-            blocks = (t_in < 0.999) & (low < boxes[:, 4]) & (bp != own_box) & (bp != own_support)
-            hidden = np.zeros(r_idx.size, dtype=bool)
-            hidden[kp[blocks]] = True
-            visible[r_idx, e_idx] = ~hidden
-        return visible[:, :m], visible[:, m:]
+        """:func:`visibility` of this simulator's scene."""
+        return visibility(self.scene, camera)
 
     def ranges(self, num_rays: int = 16, max_range: float = 3.0) -> np.ndarray:
         """[N, num_rays] distance (m) from the base's edge to the nearest wall or furniture along
@@ -584,3 +519,73 @@ class ChoresSim:
             has = count > 0
             entry[has] = np.minimum.reduceat(t_in, (np.cumsum(count) - count)[has], axis=0)
         return np.clip(entry - cat.ROBOT_RADIUS, 0.0, max_range)
+
+
+def visibility(s: Scene, camera: CameraGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """Which objects ``[N, M]`` and furniture boxes ``[N, B]`` the navigation camera sees:
+    inside its field of view, within ``max_distance``, and not hidden behind a wall or
+    furniture that rises above the line of sight. A function of the scene alone, so scenes
+    built outside an env (the suites' placement checks) can be tested too."""
+    n, m, b = s.num_envs, s.max_objects, s.max_boxes
+    cam_x, cam_y, cam_z = s.robot_xy[:, 0], s.robot_xy[:, 1], camera.height
+    # target points [N, M + B] per coordinate: object centres, then the point of each box
+    # nearest the camera, moved a little inside it
+    box = s.box
+    bx = np.clip(cam_x[:, None], box[..., 0], box[..., 2])
+    by = np.clip(cam_y[:, None], box[..., 1], box[..., 3])
+    cx, cy = 0.5 * (box[..., 0] + box[..., 2]), 0.5 * (box[..., 1] + box[..., 3])
+    inset = 0.05
+    bx += np.sign(cx - bx) * np.minimum(inset, np.abs(cx - bx))
+    by += np.sign(cy - by) * np.minimum(inset, np.abs(cy - by))
+    px = np.concatenate([s.obj_pos[..., 0], bx], axis=1)
+    py = np.concatenate([s.obj_pos[..., 1], by], axis=1)
+    pz = np.concatenate([s.obj_pos[..., 2] + 0.5 * s.obj_height, np.minimum(box[..., 4], camera.height) * 0.5], axis=1)
+    radius = np.concatenate([s.obj_radius, np.zeros((n, b))], axis=1)
+    valid = np.concatenate([s.obj_valid, s.box_kind == cat.KIND_FURNITURE], axis=1)
+    rx, ry, rz = px - cam_x[:, None], py - cam_y[:, None], pz - cam_z
+    # frustum test in the camera frame, without trigonometry per entity
+    c, sn = np.cos(s.robot_yaw)[:, None], np.sin(s.robot_yaw)[:, None]
+    ahead = rx * c + ry * sn
+    side = np.abs(-rx * sn + ry * c)
+    cp, sp = np.cos(camera.pitch), np.sin(camera.pitch)
+    depth = ahead * cp + rz * sp
+    up = np.abs(-ahead * sp + rz * cp)
+    dist2 = rx**2 + ry**2 + rz**2
+    cand = (
+        valid
+        & (depth > 0.0)
+        & (side <= depth * np.tan(camera.hfov / 2) + radius)
+        & (up <= depth * np.tan(camera.vfov / 2) + radius)
+        & (dist2 <= camera.max_distance**2)
+    )
+    held_mask = np.zeros((n, m + b), dtype=bool)
+    held_rows = np.flatnonzero(s.held >= 0)
+    held_mask[held_rows, s.held[held_rows]] = True
+    cand &= ~held_mask
+    visible = np.zeros((n, m + b), dtype=bool)
+    r_idx, e_idx = np.nonzero(cand)
+    if r_idx.size:
+        a = np.stack([cam_x[r_idx], cam_y[r_idx]], axis=1)
+        t = np.stack([px[r_idx, e_idx], py[r_idx, e_idx]], axis=1)
+        tz = pz[r_idx, e_idx]
+        # only a box overlapping the sight line's bounding rectangle can cross it before the
+        # target (t_in < 0.999), so the slab test runs on those (candidate, box) pairs alone
+        lo, hi = np.minimum(a, t), np.maximum(a, t)
+        near = (
+            (box[r_idx, :, 0] <= hi[:, None, 0]) & (box[r_idx, :, 2] >= lo[:, None, 0])
+            & (box[r_idx, :, 1] <= hi[:, None, 1]) & (box[r_idx, :, 3] >= lo[:, None, 1])
+        )  # fmt: skip
+        kp, bp = np.nonzero(near)
+        a, t, tz, boxes = a[kp], t[kp], tz[kp], box[r_idx[kp], bp]
+        t_in, t_out = (x[:, 0] for x in segment_box_span(a, t, boxes[:, None, :]))
+        z_in = cam_z + t_in * (tz - cam_z)
+        z_out = cam_z + np.minimum(t_out, 1.0) * (tz - cam_z)
+        low = np.minimum(np.where(np.isfinite(z_in), z_in, np.inf), z_out)
+        e = e_idx[kp]
+        own_box = np.where(e >= m, e - m, -1)
+        own_support = np.where(e < m, s.obj_support[r_idx[kp], np.minimum(e, m - 1)], -1)
+        blocks = (t_in < 0.999) & (low < boxes[:, 4]) & (bp != own_box) & (bp != own_support)
+        hidden = np.zeros(r_idx.size, dtype=bool)
+        hidden[kp[blocks]] = True
+        visible[r_idx, e_idx] = ~hidden
+    return visible[:, :m], visible[:, m:]

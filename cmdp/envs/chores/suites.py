@@ -720,7 +720,7 @@ def _visible_from(spec: EpisodeSpec, poses: np.ndarray, names: Sequence[str], su
     object of category ``names[i]`` standing on ``support`` at ``xy[i]`` from robot pose
     ``poses[i]`` (``[K, 3]``), in ``spec``'s house."""
     from cmdp.envs.chores.scene import Scene
-    from cmdp.envs.chores.sim import CameraGeometry, ChoresSim
+    from cmdp.envs.chores.sim import CameraGeometry, visibility
 
     house = spec.house
     k, nb = len(poses), house.num_boxes
@@ -737,10 +737,7 @@ def _visible_from(spec: EpisodeSpec, poses: np.ndarray, names: Sequence[str], su
     scene.obj_support[:] = support
     scene.robot_xy[:] = poses[:, :2]
     scene.robot_yaw[:] = poses[:, 2]
-    # visibility reads the scene alone; a simulator made for one row skips seeding a generator per row
-    sim = ChoresSim(Scene(1, nb, 1), np.random.default_rng(0))
-    sim.scene = scene
-    return sim.visibility(CameraGeometry())[0][:, 0]
+    return visibility(scene, CameraGeometry())[0][:, 0]
 
 
 _NOT_CLOSER = 0.1  # m the step brings the robot closer at least (it stops a sub-step short of contact)
