@@ -286,9 +286,7 @@ class ChoresSim:
         if c_idx.size:
             boxes = s.box[rr[c_idx]]  # [C, B, 5]
             p = pushed[c_idx]
-            dx = np.maximum(np.maximum(boxes[..., 0] - p[:, None, 0], p[:, None, 0] - boxes[..., 2]), 0.0)
-            dy = np.maximum(np.maximum(boxes[..., 1] - p[:, None, 1], p[:, None, 1] - boxes[..., 3]), 0.0)
-            d2 = dx * dx + dy * dy
+            d2 = point_box_distance2(p[:, None, :], boxes)[:, 0]
             tall = boxes[..., 4] > oz[c_idx][:, None] + 0.01
             own = np.arange(boxes.shape[1])[None, :] == support[c_idx][:, None]
             rad = orad[c_idx]
@@ -307,9 +305,7 @@ class ChoresSim:
                 shift = exits[np.arange(len(j)), face] + np.where(face % 2 == 0, -0.005, 0.005)
                 q[:, 0] += np.where(face < 2, shift, 0.0)
                 q[:, 1] += np.where(face >= 2, shift, 0.0)
-                dx = np.maximum(np.maximum(boxes[j, :, 0] - q[:, None, 0], q[:, None, 0] - boxes[j, :, 2]), 0.0)
-                dy = np.maximum(np.maximum(boxes[j, :, 1] - q[:, None, 1], q[:, None, 1] - boxes[j, :, 3]), 0.0)
-                still = ((dx * dx + dy * dy < rj[:, None] ** 2) & tall[j] & ~own[j]).any(axis=1)
+                still = ((point_box_distance2(q[:, None, :], boxes[j])[:, 0] < rj[:, None] ** 2) & tall[j] & ~own[j]).any(axis=1)
                 cj = c_idx[j]
                 kk = k[cj]
                 pusher = body.pts[pr[cj], kk]
