@@ -587,14 +587,15 @@ def _stored_shards(
     whose writing was interrupted is written again."""
     source = _store_source(shards, only_success)
     index = store / _STORE_INDEX
-    if not (index.exists() and json.loads(index.read_text()).get("source") == source):
+    saved = json.loads(index.read_text()) if index.exists() else {}
+    if saved.get("source") != source:
         store.mkdir(parents=True, exist_ok=True)
         index.unlink(missing_ok=True)
         episode_arrays, cost_names = _concatenate_shards(shards, only_success, store)
         for key, value in episode_arrays.items():
             np.save(store / f"{key}.npy", value, allow_pickle=False)
-        write_json(index, {"source": source, "cost_names": list(cost_names)})
-    saved = json.loads(index.read_text())
+        saved = {"source": source, "cost_names": list(cost_names)}
+        write_json(index, saved)
     arrays = {}
     for key in _STEP_KEYS + _EPISODE_KEYS + ("driven",):
         mode = "r" if key in _STEP_KEYS else None
