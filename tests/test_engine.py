@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import numpy as np
@@ -363,3 +364,57 @@ def test_resume_built_in_env_with_observation_normalisation(tmp_path):
     rows = (tmp_path / "half" / "progress.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 4  # header + 4 epochs, none duplicated by the resume
     assert half.global_step == 256
+
+
+def test_anchor_kl_holds_a_fine_tune_near_its_start():
+    # unanchored, PPO walks to the unsafe corner (arm 0 almost always); the anchor's KL term
+    # keeps it near the 50/50 policy it started from, more tightly the larger its weight
+    obs = torch.linspace(0, 0.9, 10)[:, None]
+    kls, arm0 = [], []
+    for weight in (0.0, 0.3, 3.0):
+        algo = PPO(CornerBandit(), seed=0, run_dir=False, anchor_kl=weight, **dict(FAST, actor_lr=3e-3))
+        with torch.no_grad():
+            start = algo.policy.act(obs).dist.params()
+        algo.learn(1024)
+        with torch.no_grad():
+            dist = algo.policy.act(obs).dist
+        kls.append(float(dist.kl_from(start).mean()))
+        arm0.append(float(dist.logits.exp()[:, 0].mean()))
+        assert ("Train/AnchorKL" in algo.last_info) == (weight > 0)
+    assert arm0[0] > 0.9 and kls[0] > 0.5
+    assert kls[0] > 10 * kls[1] > 10 * kls[2]
+    assert abs(arm0[2] - 0.5) < 0.05
+
+
+@pytest.mark.parametrize("network", ["mlp", "gru"])
+def test_anchor_distributions_are_the_start_policys_at_every_step(network):
+    # an anchor equal to the acting policy reproduces the distributions the rollout stored, for
+    # flat samples and for segments scattered back to their steps (after a first epoch, so the
+    # sequence policy starts from a carried state)
+    algo = PPO(CornerBandit(horizon=7), seed=0, run_dir=False, network=network, anchor_kl=1.0, **FAST)
+    algo.learn(64)
+    algo.anchor.load_state_dict(algo.policy.state_dict())
+    data, _, _ = algo._collect()
+    anchor = algo._anchor_distributions(data)
+    assert anchor.keys() == data["old_dist"].keys()
+    for key in anchor:
+        assert anchor[key].shape == data["old_dist"][key].shape
+        assert torch.allclose(anchor[key], data["old_dist"][key], atol=1e-5)
+
+
+def test_anchor_kl_resume_equals_uninterrupted_and_needs_an_anchor(tmp_path):
+    config = dict(FAST, anchor_kl=0.5, actor_lr=3e-3)
+    # a pretrained start, unlike the network load() rebuilds from the config and seed
+    pretrained = PPO(CornerBandit(), seed=5, run_dir=False, **config).learn(128).policy
+    full = PPOLag(CornerBandit(), 3.0, 0, False, copy.deepcopy(pretrained), **config).learn(384)
+    half = PPOLag(CornerBandit(), 3.0, 0, False, copy.deepcopy(pretrained), **config).learn(192)
+    path = half.save(tmp_path / "ck.pt")
+    resumed = PPOLag.load(path, env=CornerBandit())
+    assert all(torch.equal(a, b) for a, b in zip(resumed.anchor.parameters(), pretrained.parameters()))
+    resumed.learn(384)
+    assert torch.equal(params(resumed), params(full))
+    plain = PPOLag(CornerBandit(), cost_limit=3.0, seed=0, run_dir=False, **FAST).learn(64)
+    with pytest.raises(CheckpointError, match="without anchor_kl"):
+        PPOLag.load(plain.save(tmp_path / "plain.pt"), env=CornerBandit(), anchor_kl=1.0)
+    with pytest.raises(ConfigError, match="CPO does not take anchor_kl"):
+        CPO(CornerBandit(), cost_limit=3.0, run_dir=False, anchor_kl=1.0, **FAST)

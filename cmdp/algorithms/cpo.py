@@ -27,6 +27,7 @@ import torch
 from cmdp.algorithms.config import option
 from cmdp.algorithms.engine import EpochStats, OnPolicyAlgorithm, OnPolicyConfig, masked_mean
 from cmdp.algorithms.functional import conjugate_gradient, flat_grad, get_flat_params, set_flat_params, solve_cpo_step
+from cmdp.errors import ConfigError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +44,14 @@ class CPOConfig(OnPolicyConfig):
         gt=0.0,
         le=1.0,
     )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.anchor_kl > 0:
+            raise ConfigError(
+                f"CPO does not take anchor_kl (got {self.anchor_kl}): its step solves a trust-region "
+                "problem on the surrogates alone; use PPOLag, PIDLag or FOCOPS for an anchored fine-tune"
+            )
 
 
 class CPO(OnPolicyAlgorithm):

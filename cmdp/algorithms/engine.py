@@ -24,6 +24,7 @@ logging and checkpoints. A solver overrides a few hooks:
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import time
@@ -86,6 +87,16 @@ class OnPolicyConfig(Config):
         "TwoChannelGrid, 0.2: both limits met on 10 of 10 seeds after 300 epochs, 7 after 150).",
         ge=0.0,
         lt=1.0,
+    )
+    anchor_kl: float = option(
+        0.0,
+        "Weight of KL(pi_start || pi) in the actor loss, where pi_start is a frozen copy of the "
+        "policy taken when the solver is built (the pretrained policy a fine-tune starts from). "
+        "It keeps a fine-tune near what pretraining learnt while the rewards and costs reshape "
+        "it, as a behaviour-cloning term would (0: no anchor). The anchor's action "
+        "distributions are computed once per epoch; sequence policies see the rollout's starting "
+        "context of the current policy, as their evaluation does.",
+        ge=0.0,
     )
     clip_ratio: float = option(0.2, "PPO clip range epsilon: the ratio is clipped to [1-eps, 1+eps].", gt=0.0)
     target_kl: float | None = option(
@@ -193,6 +204,8 @@ class OnPolicyAlgorithm:
                 f"the policy has {self.policy.num_costs} cost critics but the env has "
                 f"{self.env.num_costs} cost channels {list(self.cost_names)}"
             )
+        # the frozen start of a fine-tune; a loaded checkpoint puts back the anchor it saved
+        self.anchor = _frozen_copy(self.policy) if self.config.anchor_kl > 0 else None
         self.actor_optimizer = torch.optim.Adam(self.policy.actor_parameters(), lr=self.config.actor_lr)
         self.critic_optimizer = torch.optim.Adam(self.policy.critic_parameters(), lr=self.config.critic_lr)
         self.global_step = 0
@@ -355,6 +368,10 @@ class OnPolicyAlgorithm:
                 self.critic_optimizer.zero_grad(set_to_none=True)
                 if train_actor:
                     loss_pi, terms = self.actor_loss(out, mb)
+                    if self.anchor is not None:
+                        anchor_kl = masked_mean(out.dist.kl_from(mb["anchor_dist"]), mb["mask"])
+                        loss_pi = loss_pi + c.anchor_kl * anchor_kl
+                        terms = terms | {"AnchorKL": anchor_kl.detach()}
                     loss = loss + loss_pi
                     _accumulate(actor_sums, {"Loss/pi": loss_pi} | {f"Train/{k}": t for k, t in terms.items()})
                     with torch.no_grad():
@@ -614,13 +631,13 @@ class OnPolicyAlgorithm:
         size = min(self.config.minibatch_size, total)
         for start in range(0, total - size + 1, size):
             idx = perm[start : start + size]
-            yield {key: _flat_take(data[key], idx) for key in _SAMPLE_KEYS} | {"mask": None}
+            yield {key: _flat_take(data[key], idx) for key in _sample_keys(data)} | {"mask": None}
 
     def full_batch(self, data: dict[str, Any]) -> dict[str, Any]:
         """The whole epoch as one batch (flat, or every segment), for second-order solvers."""
         if self.policy.is_sequence:
             return self._gather_segments(data, _segments(data))
-        return {key: _flat_take(data[key], None) for key in _SAMPLE_KEYS} | {"mask": None}
+        return {key: _flat_take(data[key], None) for key in _sample_keys(data)} | {"mask": None}
 
     def _segment_minibatches(self, data: dict[str, Any]) -> Iterator[dict[str, Any]]:
         segments = _segments(data)
@@ -636,7 +653,9 @@ class OnPolicyAlgorithm:
         if group:
             yield self._gather_segments(data, group)
 
-    def _gather_segments(self, data: dict[str, Any], group: list[tuple[int, int, int]]) -> dict[str, Any]:
+    def _gather_segments(
+        self, data: dict[str, Any], group: list[tuple[int, int, int]], keys: Sequence[str] | None = None
+    ) -> dict[str, Any]:
         length = max(g[2] for g in group)
         env_idx = torch.tensor([g[0] for g in group])
         t0 = torch.tensor([g[1] for g in group])
@@ -645,13 +664,49 @@ class OnPolicyAlgorithm:
         mask = offs[None, :] < lens[:, None]
         t_idx = torch.minimum(t0[:, None] + offs[None, :], t0[:, None] + lens[:, None] - 1)
         e_idx = env_idx[:, None].expand_as(t_idx)
-        mb = {key: _seq_take(data[key], t_idx, e_idx) for key in _SAMPLE_KEYS}
+        mb = {key: _seq_take(data[key], t_idx, e_idx) for key in (keys or _sample_keys(data))}
         mb["episode_start"] = data["episode_start"][t_idx, e_idx]
+        mb["t_idx"], mb["e_idx"] = t_idx, e_idx
         # Every segment gets its env's state at the rollout start: the first segment of an env
         # continues from it, and the others begin with episode_start set, where the policy resets.
         mb["state"] = state_map(lambda s: s[env_idx], data["start_state"])
         mb["mask"] = mask
         return mb
+
+    def _anchor_distributions(self, data: dict[str, Any]) -> dict[str, Tensor]:
+        """The anchor's action-distribution parameters at every rollout step, ``[T, N, ...]``,
+        computed in minibatch-sized pieces (one forward pass of the frozen network per epoch)."""
+        horizon, n = data["rewards"].shape
+        size = self.config.minibatch_size
+        with torch.no_grad():
+            if not self.policy.is_sequence:
+                flat_obs = _flat_take(data["obs"], None)
+                pieces = []
+                for i in range(0, horizon * n, size):
+                    rows = torch.arange(i, min(i + size, horizon * n))
+                    pieces.append(self.anchor.evaluate({"obs": _flat_take(flat_obs, rows), "mask": None}).dist.params())
+                return {
+                    key: torch.cat([piece[key] for piece in pieces]).reshape(horizon, n, *pieces[0][key].shape[1:])
+                    for key in pieces[0]
+                }
+            result: dict[str, Tensor] = {}
+            segments = _segments(data)
+            group: list[tuple[int, int, int]] = []
+            steps = 0
+            for j, segment in enumerate(segments):
+                group.append(segment)
+                steps += segment[2]
+                if steps < size and j < len(segments) - 1:
+                    continue
+                mb = self._gather_segments(data, group, keys=("obs",))
+                params = self.anchor.evaluate(mb).dist.params()
+                t_idx, e_idx, mask = mb["t_idx"], mb["e_idx"], mb["mask"]
+                for key, value in params.items():
+                    if key not in result:
+                        result[key] = torch.zeros(horizon, n, *value.shape[2:], dtype=value.dtype)
+                    result[key][t_idx[mask], e_idx[mask]] = value[mask]
+                group, steps = [], 0
+            return result
 
     def _clip(self, params: Iterator[nn.Parameter]) -> None:
         if self.config.max_grad_norm is not None:
@@ -667,6 +722,8 @@ class OnPolicyAlgorithm:
             frac = max(0.0, 1.0 - self.global_step / self._total_steps)
             for g in self.actor_optimizer.param_groups:
                 g["lr"] = self.config.actor_lr * frac
+        if self.anchor is not None:
+            data["anchor_dist"] = self._anchor_distributions(data)
         info |= self.update_policy(data)
         with torch.no_grad():
             flat = {key: _flat_take(data[key], None) for key in ("obs", "actions", "old_dist")} | {"mask": None}
@@ -917,6 +974,7 @@ class OnPolicyAlgorithm:
                 "python": _python_rng_state(),
             },
             "counters": {"global_step": self.global_step, "epoch": self.epoch},
+            "anchor": None if self.anchor is None else self.anchor.state_dict(),
             "iterate_average": None if self._tail is None else {"total_steps": self._tail_total, **self._tail.state_dict()},
             "run_dir": str(self.run_dir) if self.run_dir is not None else None,
         }
@@ -955,6 +1013,10 @@ class OnPolicyAlgorithm:
             algo.policy.load_state_dict(data["policy"])
             algo.actor_optimizer.load_state_dict(data["actor_optimizer"])
             algo.critic_optimizer.load_state_dict(data["critic_optimizer"])
+            if algo.anchor is not None:
+                if data.get("anchor") is None:
+                    raise CheckpointError(f"{path} was trained without anchor_kl: it holds no anchor policy to resume against")
+                algo.anchor.load_state_dict(data["anchor"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"{path}: the saved networks do not fit this policy: {e}") from e
         algo.load_solver_state(ckpt.from_storable(data["solver"]))
@@ -1030,6 +1092,16 @@ class WeightAverage:
         return average
 
 _SAMPLE_KEYS = ("obs", "actions", "logp", "old_dist", "adv", "adv_r", "adv_c", "ret", "cost_ret")
+
+
+def _sample_keys(data: Mapping[str, Any]) -> tuple[str, ...]:
+    return _SAMPLE_KEYS + ("anchor_dist",) if "anchor_dist" in data else _SAMPLE_KEYS
+
+
+def _frozen_copy(module: ActorCritic) -> ActorCritic:
+    frozen = copy.deepcopy(module)
+    frozen.requires_grad_(False)
+    return frozen
 
 
 def _accumulate(sums: dict[str, float], terms: Mapping[str, Tensor]) -> None:
