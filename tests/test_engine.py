@@ -387,11 +387,14 @@ def test_anchor_kl_holds_a_fine_tune_near_its_start():
 
 
 @pytest.mark.parametrize("network", ["mlp", "gru"])
-def test_anchor_distributions_are_the_start_policys_at_every_step(network):
+@pytest.mark.parametrize("env", ["bandit", "PointGoal-v0"])
+def test_anchor_distributions_are_the_start_policys_at_every_step(network, env):
     # an anchor equal to the acting policy reproduces the distributions the rollout stored, for
     # flat samples and for segments scattered back to their steps (after a first epoch, so the
-    # sequence policy starts from a carried state)
-    algo = PPO(CornerBandit(horizon=7), seed=0, run_dir=False, network=network, anchor_kl=1.0, **FAST)
+    # sequence policy starts from a carried state); discrete actions on a 1-d observation, and
+    # Gaussian actions on a vector observation
+    env = CornerBandit(horizon=7) if env == "bandit" else env
+    algo = PPO(env, seed=0, run_dir=False, network=network, anchor_kl=1.0, **FAST)
     algo.learn(64)
     algo.anchor.load_state_dict(algo.policy.state_dict())
     data, _, _ = algo._collect()

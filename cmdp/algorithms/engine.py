@@ -680,11 +680,10 @@ class OnPolicyAlgorithm:
         size = self.config.minibatch_size
         with torch.no_grad():
             if not self.policy.is_sequence:
-                flat_obs = _flat_take(data["obs"], None)
                 pieces = []
                 for i in range(0, horizon * n, size):
                     rows = torch.arange(i, min(i + size, horizon * n))
-                    pieces.append(self.anchor.evaluate({"obs": _flat_take(flat_obs, rows), "mask": None}).dist.params())
+                    pieces.append(self.anchor.evaluate({"obs": _flat_take(data["obs"], rows), "mask": None}).dist.params())
                 return {
                     key: torch.cat([piece[key] for piece in pieces]).reshape(horizon, n, *pieces[0][key].shape[1:])
                     for key in pieces[0]
