@@ -642,15 +642,7 @@ class OnPolicyAlgorithm:
     def _segment_minibatches(self, data: dict[str, Any]) -> Iterator[dict[str, Any]]:
         segments = _segments(data)
         order = self.np_rng.permutation(len(segments))
-        group: list[tuple[int, int, int]] = []
-        steps = 0
-        for j in order:
-            group.append(segments[j])
-            steps += segments[j][2]
-            if steps >= self.config.minibatch_size:
-                yield self._gather_segments(data, group)
-                group, steps = [], 0
-        if group:
+        for group in _segment_groups([segments[j] for j in order], self.config.minibatch_size):
             yield self._gather_segments(data, group)
 
     def _gather_segments(
@@ -689,14 +681,7 @@ class OnPolicyAlgorithm:
                     for key in pieces[0]
                 }
             result: dict[str, Tensor] = {}
-            segments = _segments(data)
-            group: list[tuple[int, int, int]] = []
-            steps = 0
-            for j, segment in enumerate(segments):
-                group.append(segment)
-                steps += segment[2]
-                if steps < size and j < len(segments) - 1:
-                    continue
+            for group in _segment_groups(_segments(data), size):
                 mb = self._gather_segments(data, group, keys=("obs",))
                 params = self.anchor.evaluate(mb).dist.params()
                 t_idx, e_idx, mask = mb["t_idx"], mb["e_idx"], mb["mask"]
@@ -704,7 +689,6 @@ class OnPolicyAlgorithm:
                     if key not in result:
                         result[key] = torch.zeros(horizon, n, *value.shape[2:], dtype=value.dtype)
                     result[key][t_idx[mask], e_idx[mask]] = value[mask]
-                group, steps = [], 0
             return result
 
     def _clip(self, params: Iterator[nn.Parameter]) -> None:
@@ -1127,6 +1111,20 @@ def _segments(data: Mapping[str, Any]) -> list[tuple[int, int, int]]:
         ends = np.append(ts[1:], horizon)
         segments += [(env_i, int(s), int(e - s)) for s, e in zip(ts, ends)]
     return segments
+
+
+def _segment_groups(segments: Sequence[tuple[int, int, int]], steps: int) -> Iterator[list[tuple[int, int, int]]]:
+    """Consecutive groups of ``segments`` holding at least ``steps`` steps each (the last: the rest)."""
+    group: list[tuple[int, int, int]] = []
+    count = 0
+    for segment in segments:
+        group.append(segment)
+        count += segment[2]
+        if count >= steps:
+            yield group
+            group, count = [], 0
+    if group:
+        yield group
 
 
 def _flat_take(x: Any, idx: Tensor | None) -> Any:
