@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -13,7 +14,6 @@ from cmdp.algorithms import CPO, FOCOPS, PIDLag, PPO, PPOLag, get_algorithm, loa
 from cmdp.errors import CheckpointError, ConfigError, NonFiniteError, UnknownNameError
 
 from conftest import CornerBandit
-
 FAST = dict(num_envs=4, steps_per_epoch=64, minibatch_size=32, update_epochs=2, progress_bar=False, normalize_obs=False)
 
 
@@ -254,6 +254,10 @@ def test_checkpoint_mismatch_and_corruption(tmp_path):
         PPOLag.load(tmp_path / "junk.pt", env=CornerBandit())
     with pytest.raises(CheckpointError, match="no checkpoint"):
         PPOLag.load(tmp_path / "missing.pt", env=CornerBandit())
+    # a whole file holding a Python object is not "corrupted": the error names the object
+    torch.save({"format": "cmdp-checkpoint", "run": {"config": {"env_kwargs": {"x": Fraction(1, 3)}}}}, tmp_path / "obj.pt")
+    with pytest.raises(CheckpointError, match="refuses: .*fractions.Fraction"):
+        PPOLag.load(tmp_path / "obj.pt", env=CornerBandit())
 
 
 def test_checkpoint_loads_with_weights_only(tmp_path):

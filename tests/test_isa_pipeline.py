@@ -3,12 +3,14 @@ test scale that pays less cost than the unconstrained (FLaRe-style) fine-tune fr
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
 import pytest
 import torch
 
+from cmdp.algorithms import load
 from cmdp.envs.chores.costs import COST_NAMES
 from cmdp.errors import ConfigError
 from cmdp.isa import evaluate_policy, generate_demos, train_bc, training_episodes
@@ -107,6 +109,19 @@ def test_isa_lowers_cost_relative_to_ppo_from_the_same_start(fine_tunes):
     assert float(np.max(isa.multiplier.value)) > 0.1  # the multipliers did the work
     assert start is not ppo.policy and start is not isa.policy
     assert any(not torch.equal(a, b) for a, b in zip(ppo.policy.parameters(), isa.policy.parameters()))
+
+
+def test_a_fine_tune_with_elicited_episodes_resumes_from_its_checkpoint(fine_tunes, tmp_path):
+    # the checkpoint holds the episode list among the env kwargs; it must load with weights_only
+    _, specs, start, _, isa, _ = fine_tunes
+    again = load(isa.save(tmp_path / "isa.pt"), policy=copy.deepcopy(start), progress_bar=False)
+    try:
+        assert again.global_step == isa.global_step
+        assert all(torch.equal(a, b) for a, b in zip(again.policy.parameters(), isa.policy.parameters()))
+        assert len(again.config.env_kwargs["episodes"]) == len(specs)
+        again.learn(isa.global_step + SOLVER["steps_per_epoch"])
+    finally:
+        again.close()
 
 
 def test_assurance_report_of_the_fine_tunes_has_the_required_fields(fine_tunes, tmp_path):
