@@ -84,7 +84,7 @@ def load(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
         refused = [line.strip() for line in str(e).splitlines() if "Unsupported global" in line]
         if refused:
             # a readable file that stores a Python object: say which, not "corrupted"
@@ -92,8 +92,6 @@ def load(path: str | os.PathLike) -> dict:
                 f"checkpoint {path} stores a Python object that a safe (weights_only) load refuses: "
                 f"{refused[0]}; it was written by code that put such an object in the run's config"
             ) from e
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupted and cannot be read ({e})") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         raise CheckpointError(
             f"checkpoint {path} is truncated or corrupted and cannot be read ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''})"
