@@ -268,6 +268,97 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     assert "actor_optimizer" in data and "critic_optimizer" in data and "solver" in data
 
 
+class BanditShape:
+    """An env kwarg that is a class instance with ``to_dict()``, like an episode spec."""
+
+    def __init__(self, horizon: int, arm_rewards: tuple[float, float]) -> None:
+        self.horizon, self.arm_rewards = horizon, arm_rewards
+
+    def to_dict(self) -> dict:
+        # numpy values, as specs built from numpy draws hold
+        return {"horizon": np.int64(self.horizon), "arm_rewards": np.array(self.arm_rewards)}
+
+
+def halved_unsafe_payout(actions: np.ndarray) -> np.ndarray:
+    """An env kwarg that is a plain function: a checkpoint cannot store it."""
+    return np.where(actions == 0, 0.5, 0.2)
+
+
+class KwargBandit(CornerBandit):
+    """CornerBandit built from an env id, shaped by its env kwargs."""
+
+    def __init__(self, num_envs: int, shape: dict | None, payout) -> None:
+        # the env gets the plain-data form, the same in the first run and in a resumed one
+        assert shape is None or (type(shape) is dict and type(shape["horizon"]) is int), shape
+        super().__init__(num_envs=num_envs, horizon=10 if shape is None else shape["horizon"])
+        self.arm_rewards = np.array([1.0, 0.2]) if shape is None else np.asarray(shape["arm_rewards"])
+        self.payout = payout
+
+    def step(self, actions):
+        arms = self.check_actions(actions)
+        obs, _, cost, term, trunc, info = super().step(actions)
+        reward = self.arm_rewards[arms] if self.payout is None else self.payout(arms)
+        return obs, reward, cost, term, trunc, info
+
+
+@pytest.fixture
+def kwarg_bandit_id(monkeypatch):
+    from cmdp.core import registry
+
+    def factory(num_envs: int = 1, seed: int | None = None, shape=None, payout=None) -> KwargBandit:
+        return KwargBandit(num_envs, shape, payout)
+
+    env_id = "TestOnlyKwargBandit-v0"
+    monkeypatch.setitem(registry._REGISTRY, env_id, registry.EnvSpec(env_id, factory))
+    return env_id
+
+
+def test_env_kwargs_with_to_dict_are_stored_as_plain_data_and_resume_exactly(tmp_path, kwarg_bandit_id):
+    def run(steps):
+        shape = BanditShape(horizon=6, arm_rewards=(0.9, 0.3))
+        return PPOLag(kwarg_bandit_id, cost_limit=2.0, seed=0, run_dir=False, env_kwargs={"shape": shape}, **FAST).learn(steps)
+
+    full, half = run(384), run(192)
+    shape = half.config.env_kwargs["shape"]
+    assert shape["horizon"] == 6 and type(shape["horizon"]) is int and half.env.horizon == 6
+    path = half.save(tmp_path / "ck.pt")
+    data = torch.load(path, weights_only=True)
+    assert data["run"]["unstorable_env_kwargs"] == {}
+    resumed = PPOLag.load(path)  # rebuilt from its id and the stored env kwargs alone
+    assert resumed.config.env_kwargs["shape"]["horizon"] == 6
+    assert np.array_equal(resumed.config.env_kwargs["shape"]["arm_rewards"], [0.9, 0.3])
+    resumed.learn(384)
+    assert torch.equal(params(resumed), params(full))
+    assert resumed.multiplier.state_dict() == full.multiplier.state_dict()
+
+
+def test_env_kwargs_holding_a_function_must_be_passed_again_to_load(tmp_path, kwarg_bandit_id):
+    def run(steps):
+        kwargs = {"payout": halved_unsafe_payout}
+        return PPOLag(kwarg_bandit_id, cost_limit=2.0, seed=0, run_dir=False, env_kwargs=kwargs, **FAST).learn(steps)
+
+    full, half = run(384), run(192)
+    path = half.save(tmp_path / "ck.pt")  # saving leaves the function out instead of failing
+    data = torch.load(path, weights_only=True)
+    assert data["run"]["unstorable_env_kwargs"] == {"payout": "function halved_unsafe_payout"}
+    with pytest.raises(CheckpointError) as err:
+        PPOLag.load(path)
+    message = str(err.value)
+    assert "payout (function halved_unsafe_payout)" in message and "cannot store" in message
+    assert "env_kwargs={'payout': <the same object>}" in message and "env=" in message
+    resumed = PPOLag.load(path, env_kwargs={"payout": halved_unsafe_payout})
+    assert resumed.config.env_kwargs["payout"] is halved_unsafe_payout
+    resumed.learn(384)
+    assert torch.equal(params(resumed), params(full))
+    # a built env needs no env kwargs; the marker stays, so its own checkpoint asks again
+    import cmdp
+
+    built = PPOLag.load(path, env=cmdp.make(kwarg_bandit_id, num_envs=4, payout=halved_unsafe_payout))
+    assert built.global_step == 192
+    again = torch.load(built.save(tmp_path / "again.pt"), weights_only=True)
+    assert again["run"]["unstorable_env_kwargs"] == {"payout": "function halved_unsafe_payout"}
+
+
 def test_sequence_policy_segments_reproduce_acting_log_probs():
     algo = PPO(CornerBandit(horizon=7), seed=0, run_dir=False, network="gru", **FAST)
     algo.learn(64)  # one epoch so the state at the rollout start is not the initial state

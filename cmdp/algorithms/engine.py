@@ -142,7 +142,12 @@ class OnPolicyConfig(Config):
     )
     tensorboard: bool = option(True, "Write TensorBoard event files to the run directory.")
     progress_bar: bool = option(True, "Show a live progress line in the terminal.")
-    env_kwargs: dict | None = option(None, "Keyword arguments passed to cmdp.make when env is an id.")
+    env_kwargs: dict | None = option(
+        None,
+        "Keyword arguments passed to cmdp.make when env is an id. Objects with a to_dict() method "
+        "(episode specs) are passed as their dict, as a resumed run gets them; other Python objects "
+        "(a cost function) cannot be stored in checkpoints and must be passed to load() again.",
+    )
 
     def validate(self) -> None:
         if self.steps_per_epoch % self.num_envs:
@@ -150,8 +155,8 @@ class OnPolicyConfig(Config):
                 f"steps_per_epoch ({self.steps_per_epoch}) must be a multiple of num_envs "
                 f"({self.num_envs}), e.g. {max(1, self.steps_per_epoch // self.num_envs) * self.num_envs}"
             )
-        if self.env_kwargs is None:
-            object.__setattr__(self, "env_kwargs", {})
+        # the run sees its env kwargs exactly as a run resumed from its checkpoint will
+        object.__setattr__(self, "env_kwargs", ckpt.as_plain_data(self.env_kwargs or {}))
 
 
 @dataclass
@@ -928,10 +933,15 @@ class OnPolicyAlgorithm:
         except NotImplementedError:
             env_state = None
         normalizer = _find_normalizer(self.env)
+        run = self.describe()
+        # objects a weights_only load refuses are left out, marked, for load() to ask for again
+        env_kwargs = ckpt.without_unstorable(self.config.env_kwargs)
+        run["config"] = dict(run["config"], env_kwargs=ckpt.to_storable(env_kwargs))
+        run["unstorable_env_kwargs"] = ckpt.find_unstorable(env_kwargs)
         data = {
             "format": ckpt.FORMAT,
             "version": ckpt.VERSION,
-            "run": self.describe(),
+            "run": run,
             "spaces": _space_signature(self.env),
             "policy": self.policy.state_dict(),
             "actor_optimizer": self.actor_optimizer.state_dict(),
@@ -970,7 +980,11 @@ class OnPolicyAlgorithm:
         """Rebuild a solver from a checkpoint. ``env`` replaces the saved env id (it must have the
         same spaces and cost channels); ``policy`` is an untrained instance of the network the run
         was given with ``policy=`` (the config only rebuilds built-in networks), its weights are
-        replaced by the saved ones; ``overrides`` change config values (e.g. progress_bar)."""
+        replaced by the saved ones; ``overrides`` change config values (e.g. progress_bar).
+
+        ``env_kwargs=`` updates the saved env kwargs key by key. It must give again every env
+        kwarg that held a Python object a checkpoint cannot store (a cost function; the file
+        lists them under ``run["unstorable_env_kwargs"]``), unless ``env`` is a built env."""
         data = ckpt.load(path)
         run = data["run"]
         algo_cls = cls
@@ -985,8 +999,10 @@ class OnPolicyAlgorithm:
             raise CheckpointError(
                 f"{path} was trained on a custom env that cannot be rebuilt from its id: pass env="
             )
+        env_kwargs = _resumed_env_kwargs(path, run, env, overrides.pop("env_kwargs", None))
         config = dict(run["config"]) | overrides
         config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+        config["env_kwargs"] = env_kwargs
         run_dir = data.get("run_dir")
         algo = algo_cls(
             source, cost_limit=run["cost_limit"], seed=run["seed"], run_dir=run_dir or False, policy=policy, **config
@@ -1190,6 +1206,24 @@ def _check_signature(path: Any, saved: Mapping[str, Any], current: Mapping[str, 
     ]
     if problems:
         raise CheckpointError(f"{path} does not fit this env; " + "; ".join(problems))
+
+
+def _resumed_env_kwargs(path: Any, run: Mapping[str, Any], env: Any, given: Mapping[str, Any] | None) -> dict:
+    """The saved env kwargs updated by the ``env_kwargs`` given to load(); raises when the env
+    would be built without an object the checkpoint could not store."""
+    saved = ckpt.from_storable(run["config"].get("env_kwargs") or {})
+    env_kwargs = saved | dict(given or {})
+    missing = ckpt.find_unstorable(env_kwargs)
+    # a built env is used as it is: the env kwargs are not passed to anything
+    if missing and not isinstance(env, VectorCMDP):
+        held = ", ".join(f"{where} ({what})" for where, what in missing.items())
+        keys = sorted({where.split("[", 1)[0] for where in missing})
+        example = ", ".join(f"{k!r}: <the same object>" for k in keys)
+        raise CheckpointError(
+            f"{path}: the run's env_kwargs held Python objects that a checkpoint cannot store: {held}; "
+            f"pass the same objects to load(): load(path, env_kwargs={{{example}}}), or pass the built env as env="
+        )
+    return env_kwargs
 
 
 def _python_rng_state() -> list:

@@ -217,10 +217,8 @@ def constrain(
         raise ConfigError(f"constrain() fine-tunes a policy network or a trained solver, got {type(policy).__name__}")
     env_kwargs = cmdp.env_kwargs()
     if episodes:
-        # as plain data: the solver's checkpoint stores its env kwargs, and a checkpoint is read
-        # with weights_only=True, which refuses class instances (the resume path of the example)
-        plain = [spec.to_dict() if hasattr(spec, "to_dict") else dict(spec) for spec in episodes]
-        env_kwargs |= {"episodes": plain, "episode_mix": float(episode_mix)}
+        # the solver stores episode specs in its checkpoint as their to_dict() form
+        env_kwargs |= {"episodes": list(episodes), "episode_mix": float(episode_mix)}
     env_kwargs |= dict(config.pop("env_kwargs", None) or {})
     limits = list(cmdp.cost_limit) if algo_cls.constrained else None
     algo = algo_cls(
