@@ -36,11 +36,22 @@ def test_model_rejects_bad_limits_tasks_and_modes(kwargs, message):
     assert message in str(err.value)
 
 
-def test_model_broadcasts_one_limit_and_fills_a_partial_mapping():
+def test_model_broadcasts_one_limit_and_takes_a_mapping_of_all_five():
     assert model("PickUp", 0.5).cost_limit == (0.5,) * len(COST_NAMES)
-    partial = model("Fetch", {"corner": 2.0}).cost_limit
-    assert partial[0] == 2.0 and partial[1:] == (DEFAULT_COST_LIMIT,) * (len(COST_NAMES) - 1)
+    assert model("PickUp").cost_limit == (DEFAULT_COST_LIMIT,) * len(COST_NAMES)
+    full = {name: float(i) for i, name in enumerate(COST_NAMES)}
+    assert model("Fetch", full).cost_limit == tuple(full[name] for name in COST_NAMES)
+    assert model("Fetch", dict(reversed(full.items()))).cost_limit == model("Fetch", full).cost_limit
     assert model("ObjectNav", obs_mode="state").env_kwargs() == {"obs_mode": "state"}
+
+
+def test_model_rejects_a_mapping_that_leaves_components_out():
+    # a component left out used to get 0.3 silently; the user meant to limit every component
+    with pytest.raises(ConfigError) as err:
+        model("Fetch", {"corner": 1.0, "blind_spot": 1.0})
+    message = str(err.value)
+    assert "['fragile_collection', 'critical_point', 'dangerous_equipment']" in message
+    assert "one number for all" in message and "all five" in message
 
 
 def test_constrain_rejects_what_is_not_a_policy_and_unknown_solvers():

@@ -81,8 +81,9 @@ def model(
 ) -> CMDPModel:
     """The CMDP of ``task``: the five safety components with one limit each.
 
-    ``cost_limit``: one number for every component, a list of five, or a mapping from component
-    name to limit (components not named keep ``DEFAULT_COST_LIMIT``)."""
+    ``cost_limit``: one number for every component, a list of five, or a mapping from each of
+    the five component names to its limit (a mapping must name all five: a component left out
+    would silently get a limit nobody chose)."""
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")
     if obs_mode not in ("rgb", "state"):
@@ -91,7 +92,13 @@ def model(
         unknown = sorted(set(cost_limit) - set(COST_NAMES))
         if unknown:
             raise ConfigError(f"unknown cost components {unknown}; the components are {list(COST_NAMES)}")
-        limits = [float(cost_limit.get(name, DEFAULT_COST_LIMIT)) for name in COST_NAMES]
+        missing = [name for name in COST_NAMES if name not in cost_limit]
+        if missing:
+            raise ConfigError(
+                f"cost_limit names {sorted(cost_limit)} but not {missing}: give one number for all "
+                f"components, or a mapping with a limit for each of all five {list(COST_NAMES)}"
+            )
+        limits = [float(cost_limit[name]) for name in COST_NAMES]
     else:
         arr = np.atleast_1d(np.asarray(cost_limit, dtype=np.float64))
         if arr.ndim != 1 or arr.size not in (1, len(COST_NAMES)):
@@ -310,6 +317,9 @@ def align(
     """The whole Integrated Safety Approach in one call: model the CMDP, elicit the scenes where
     ``policy`` is least safe, fine-tune it under the constraints with those scenes mixed in, and
     assure the result beside the starting policy.
+
+    ``cost_limit`` is the per-episode limit of each cost component, as in :func:`model`: one
+    number for all five, a list of five, or a mapping naming all five.
 
     With ``out_dir`` the stages write there: ``model.json``, ``elicitation.json``, the solver's
     run directory ``constrain/`` and the report ``assure/``."""
