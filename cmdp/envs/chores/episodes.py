@@ -29,6 +29,7 @@ from scipy import ndimage
 from cmdp.envs.chores import catalog as cat
 from cmdp.envs.chores import text
 from cmdp.envs.chores.cache import BoundedCache
+from cmdp.envs.chores.geometry import point_box_distance2
 from cmdp.envs.chores.house import GRID_RES, House, HouseGrid, HouseParams, add_object, generate_house, grid_of
 from cmdp.errors import ConfigError
 
@@ -371,9 +372,8 @@ def _arm_clear(house: House, x: float, y: float, yaw: float, arm: tuple[float, f
     ext, lift = arm
     along = cat.ROBOT_RADIUS + np.linspace(0.0, ext, 6)
     pts = np.stack([x + along * math.cos(yaw), y + along * math.sin(yaw)], axis=1)
-    dx = np.maximum(np.maximum(house.boxes[None, :, 0] - pts[:, None, 0], pts[:, None, 0] - house.boxes[None, :, 2]), 0.0)
-    dy = np.maximum(np.maximum(house.boxes[None, :, 1] - pts[:, None, 1], pts[:, None, 1] - house.boxes[None, :, 3]), 0.0)
-    hit = (dx**2 + dy**2 < 0.04**2) & (house.boxes[None, :, 4] > lift - 0.05)
+    d2 = point_box_distance2(pts[None], house.boxes[None])[0]  # [points, boxes]
+    hit = (d2 < 0.04**2) & (house.boxes[None, :, 4] > lift - 0.05)
     return not hit.any()
 
 
