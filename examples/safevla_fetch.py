@@ -126,7 +126,7 @@ def run_seed(seed: int, start: VLAPolicy, schedule: dict, args) -> dict:
         log(f"seed {seed}: finished earlier, reading {out / 'result.json'}")
         return json.loads((out / "result.json").read_text())
     t_seed = time.perf_counter()
-    cmdp = model("Fetch", cost_limit=COST_LIMIT, obs_mode="rgb", image_size=tuple(start.io["image_shape"][:2]))
+    cmdp = model("Fetch", cost_limit=COST_LIMIT, **start.env_kwargs)
     t0 = time.perf_counter()
     baseline = fine_tune("FLaRe baseline (PPO)", start, cmdp, "PPO", schedule["steps"], seed, out / "ppo")
     specs_file = out / "elicited.json"

@@ -363,3 +363,65 @@ def test_cameras_agree_with_a_per_pixel_ray_tracer(monkeypatch):
                 mismatched += (image[row] != expected).any(-1).sum()
                 total += expected.shape[0] * expected.shape[1]
     assert mismatched / total < 0.001
+
+
+# ---- object ids and target boxes (SPOC's detection sensors) ---------------------------------------
+
+
+@pytest.mark.parametrize("camera", [render_nav, render_manip])
+def test_object_ids_mark_exactly_the_pixels_each_object_paints(camera):
+    """Recolouring one object changes exactly the pixels the id image gives it, occlusions included."""
+    counter = (2.6, 2.2, 3.4, 3.8, 0.9, cat.KIND_FURNITURE)
+    house = room(
+        boxes=[counter],
+        objects=[("vase", 2.2, 3.0, 0.0, -1), ("mug", 2.9, 2.8, 0.9, 4), ("bowl", 3.1, 3.3, 0.9, 4), ("apple", 4.5, 3.2, 0.0, -1)],
+    )  # fmt: skip
+    scene = scene_of(house, pose=(1.2, 3.0, 0.0))
+    scene.obj_height[0, 0] = 1.2  # the vase hides part of what stands behind it
+    image, ids = camera(scene, ids=True)
+    assert (image == camera(scene)).all() and ids.dtype == np.int16 and ids.shape == image.shape[:3]
+    shown = set(np.unique(ids[0]).tolist()) - {-1}
+    assert shown, "the scene should put some object in view"
+    for obj in range(4):
+        old = scene.obj_color[0, obj].copy()
+        scene.obj_color[0, obj] = (255, 0, 255) if tuple(old) != (255, 0, 255) else (0, 255, 0)
+        changed = (camera(scene)[0] != image[0]).any(-1)
+        scene.obj_color[0, obj] = old
+        assert (changed == (ids[0] == obj)).all(), obj
+
+
+def test_target_boxes_bound_the_target_pixels_in_image_fractions():
+    from cmdp.envs.chores.env import target_boxes
+
+    ids = np.full((3, 4, 8), -1, dtype=np.int16)
+    ids[0, 1:3, 2:5] = 1  # target 1
+    ids[0, 3, 7] = 0  # not a target
+    ids[1, 0, 0] = 0  # env 1: only a non-target object
+    ids[2, 2, 6] = 2  # env 2: a one-pixel target
+    targets = np.array([[False, True, False], [False, True, True], [False, False, True]])
+    boxes = target_boxes(ids, targets)
+    assert boxes.dtype == np.float32
+    np.testing.assert_allclose(boxes[0], [1, 2 / 8, 1 / 4, 5 / 8, 3 / 4])
+    np.testing.assert_array_equal(boxes[1], np.zeros(5))
+    np.testing.assert_allclose(boxes[2], [1, 6 / 8, 2 / 4, 7 / 8, 3 / 4])
+
+
+def test_detection_observations_box_the_target_when_it_is_in_view():
+    import cmdp
+
+    env = cmdp.make("SafetyChores-Fetch-v0", num_envs=6, seed=2, obs_mode="rgb", image_size=(32, 32), detection=True)
+    obs, _ = env.reset(seed=2)
+    inner = env
+    while not hasattr(inner, "scene"):
+        inner = inner.env
+    seen_any = False
+    for _ in range(12):
+        _, nav_ids = render_nav(inner.scene, inner._camera, ids=True)
+        on_target = np.array([np.isin(nav_ids[i], np.flatnonzero(inner._targets[i])).any() for i in range(6)])
+        np.testing.assert_array_equal(obs["nav_target_box"][:, 0] == 1, on_target)
+        assert env.observation_space.contains({k: v[0] for k, v in obs.items()})
+        seen_any |= on_target.any()
+        obs, *_ = env.step(np.full(6, cat.ACTION_INDEX["r"]))
+    assert seen_any
+    with pytest.raises(ConfigError, match="obs_mode='rgb'"):
+        cmdp.make("SafetyChores-Fetch-v0", obs_mode="state", detection=True)

@@ -262,3 +262,29 @@ def test_demos_record_their_teacher(tmp_path, specs, demo_dir):
     generate_demos(out_dir=old, episode_list=specs, progress=False, **DEMO_ARGS)
     assert json.loads((old / "demos.json").read_text())["teacher"] == "shortest"
     assert (old / "shard-00000.npz").stat().st_mtime_ns == stamp
+
+
+def test_detection_demonstrations_carry_the_target_boxes_a_detection_policy_clones(demo_dir, specs, tmp_path):
+    args = DEMO_ARGS | {"episodes": 2, "shard_size": 2}
+    generate_demos(out_dir=tmp_path / "det", episode_list=specs[:2], detection=True, progress=False, **args)
+    demos = load_demos(tmp_path / "det", detection=True)
+    plain = load_demos(tmp_path / "det")  # the same shards serve a policy without boxes
+    assert set(demos.obs) == set(plain.obs) | {"nav_target_box", "manip_target_box"}
+    boxes = demos.obs["nav_target_box"]
+    assert boxes.dtype == np.float32 and boxes.shape == (demos.num_steps, 5)
+    assert 0 < boxes[:, 0].mean() < 1  # the target is in view on some steps, not on all
+    seen = boxes[:, 0] == 1
+    assert (boxes[seen, 1] < boxes[seen, 3]).all() and (boxes[seen, 2] < boxes[seen, 4]).all()
+    np.testing.assert_array_equal(plain.obs["rgb_nav"], demos.obs["rgb_nav"])
+    policy, history = train_bc(tmp_path / "det", TINY, tmp_path / "bc", steps=4, batch_segments=2, detection=True,
+                               demo_store=True, progress=False)  # fmt: skip
+    assert policy.io["detection"] and len(history) == 1
+    assert VLAPolicy.from_pretrained(tmp_path / "bc" / "vla.pt").io["detection"]
+    result = evaluate_policy(policy, "PickUp", episode_list=specs[:2], num_envs=2, max_episode_steps=10)
+    assert result["episodes"] == 2
+    with pytest.raises(ConfigError, match="recorded without target boxes"):
+        train_bc(demo_dir, TINY, steps=1, detection=True, progress=False)
+    with pytest.raises(ConfigError, match="does not read"):
+        train_bc(demo_dir, steps=1, policy=VLAPolicy(*spaces_from_signature(IO), 5, TINY), detection=True, progress=False)
+    with pytest.raises(ConfigError, match="DAgger driver"):
+        generate_demos(out_dir=tmp_path / "x", episode_list=specs[:2], driver=policy, progress=False, **args)

@@ -225,6 +225,44 @@ def test_save_and_load_round_trip(tmp_path):
         torch.testing.assert_close(flare.evaluate(batch).dist.logits, a.dist.logits, rtol=0, atol=0)
 
 
+def random_boxes(b: int, length: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    corners = np.sort(rng.random((2, b, length, 2, 2)), axis=-2).reshape(2, b, length, 4)
+    seen = rng.random((2, b, length, 1)) < 0.5
+    boxes = np.where(seen, np.concatenate([np.ones_like(seen, float), corners], axis=-1), 0.0).astype(np.float32)
+    return {"nav_target_box": torch.from_numpy(boxes[0]), "manip_target_box": torch.from_numpy(boxes[1])}
+
+
+def test_a_detection_policy_reads_the_target_boxes_and_keeps_the_cache_exact(tmp_path):
+    torch.manual_seed(2)
+    obs_space, act_space = spaces_from_signature(IO | {"detection": True})
+    policy = VLAPolicy(obs_space, act_space, 5, VLAConfig(**TINY))
+    assert policy.io["detection"] and policy.env_kwargs == {"obs_mode": "rgb", "image_size": (32, 32), "detection": True}
+    b, length = 2, 7
+    obs = random_obs(b, length) | random_boxes(b, length)
+    starts = torch.zeros(b, length, dtype=torch.bool)
+    starts[:, 0] = True
+    with torch.no_grad():
+        full = policy.evaluate({"obs": obs, "episode_start": starts, "state": None, "mask": None}).dist.logits
+        state, stepped = None, []
+        for t in range(length):
+            out = policy.act({k: v[:, t] for k, v in obs.items()}, state, starts[:, t])
+            state, _ = out.state, stepped.append(out.dist.logits)
+        torch.testing.assert_close(torch.stack(stepped, 1), full, rtol=1e-5, atol=1e-5)
+        moved = obs | {"nav_target_box": obs["nav_target_box"].flip(-1)}
+        other = policy.evaluate({"obs": moved, "episode_start": starts, "state": None, "mask": None}).dist.logits
+    assert not torch.allclose(other, full)
+    loaded = VLAPolicy.from_pretrained(policy.save_pretrained(tmp_path / "det"))
+    assert loaded.io["detection"]
+    with torch.no_grad():
+        again = loaded.evaluate({"obs": obs, "episode_start": starts, "state": None, "mask": None}).dist.logits
+    torch.testing.assert_close(again, full, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="detection=True"):
+        policy.act({k: v[:, 0] for k, v in random_obs(1, 1).items()})
+    # a policy without boxes ignores them, and older files (no "detection" entry) read none
+    assert not tiny_policy().io["detection"] and tiny_policy().env_kwargs["detection"] is False
+
+
 def test_mismatched_and_corrupted_checkpoints_raise_clear_errors(tmp_path):
     policy = tiny_policy()
     path = policy.save_pretrained(tmp_path / "vla.pt")

@@ -257,7 +257,7 @@ class VLAPolicyAdapter:
         self.name = name
         self.source = "VLA policy"
         self.deterministic = bool(deterministic)
-        self.env_kwargs = {"obs_mode": "rgb", "image_size": tuple(vla.io["image_shape"][:2])}
+        self.env_kwargs = dict(vla.env_kwargs)
         self._state: Any = None
 
     def reset(self, num_envs: int, seed: int = 0) -> None:

@@ -51,6 +51,7 @@ import torch
 from cmdp.algorithms import checkpoint as ckpt
 from cmdp.algorithms.config import Config, option
 from cmdp.errors import CheckpointError, ConfigError
+from cmdp.envs.chores.env import BOX_KEYS
 from cmdp.policies.vla import IMAGE_KEYS, OBS_KEYS, VLAConfig, VLAPolicy, load_strict, read_weights_file, spaces_from_signature
 from cmdp.runlog import write_json
 
@@ -67,7 +68,7 @@ DEMO_STORE = "demo_store"
 
 # Settings added after demonstrations were first recorded, with the value older records had
 # (any other missing setting was None).
-_LATER_SETTINGS = {"teacher": "shortest"}
+_LATER_SETTINGS = {"teacher": "shortest", "detection": False}
 
 # Storage dtypes of the per-step observation keys (the env's int64 ids fit in far less).
 _OBS_DTYPES = {
@@ -77,7 +78,12 @@ _OBS_DTYPES = {
     "holding": np.int8,
     "last_action": np.int16,
     "time_step": np.int32,
-}
+} | {key: np.float32 for key in BOX_KEYS}
+
+
+def _obs_keys(detection: bool) -> tuple[str, ...]:
+    """The observation keys recorded and cloned: the target boxes too with ``detection``."""
+    return OBS_KEYS + BOX_KEYS if detection else OBS_KEYS
 
 
 # ---- demonstrations -------------------------------------------------------------------------
@@ -225,6 +231,7 @@ def generate_demos(
     driver_prob: float = 1.0,
     max_episode_steps: int | None = None,
     teacher: str = "shortest",
+    detection: bool = False,
     progress: bool = True,
 ) -> Path:
     """Record ``episodes`` expert demonstrations of ``task`` into ``out_dir``; returns ``out_dir``.
@@ -249,6 +256,8 @@ def generate_demos(
             :data:`~cmdp.envs.chores.expert.TEACHERS`: ``"shortest"`` plans on the full map from
             the first step; ``"explore"`` looks around and visits rooms until the target has
             been in view, so its actions can be predicted from the camera.
+        detection: also record the target boxes of the env's ``detection`` option, which a
+            policy cloned with ``BCConfig.detection`` reads.
         progress: print a progress line.
     """
     from cmdp.envs.chores import text
@@ -283,7 +292,10 @@ def generate_demos(
         "episode_list": _list_fingerprint(specs),
         "driver": None if driver is None else {"weights": _weights_fingerprint(driver), "prob": float(driver_prob)},
         "teacher": teacher,
+        "detection": bool(detection),
     }
+    if driver is not None and bool(driver.io.get("detection")) != bool(detection):
+        raise ConfigError("the DAgger driver reads target boxes exactly when the demonstrations record them (detection)")
     manifest_path = out_dir / MANIFEST
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())
@@ -311,7 +323,8 @@ def generate_demos(
         if specs is not None:
             shard_specs = [specs[(k * shard_size + j) % len(specs)] for j in range(sizes[k])]
         arrays = _record_shard(task, sizes[k], min(num_envs, sizes[k]), _shard_seed(seed, k), image_size, shard_specs,
-                               float(action_noise), driver, float(driver_prob), max_episode_steps, teacher, bar)  # fmt: skip
+                               float(action_noise), driver, float(driver_prob), max_episode_steps, teacher, bool(detection),
+                               bar)  # fmt: skip
         arrays["meta"] = np.array(json.dumps(dict(settings, shard=k, shard_episodes=sizes[k])))
         path = _shard_path(out_dir, k)
         partial = path.with_name(path.name + ".partial")  # a killed run leaves no half shard behind
@@ -355,6 +368,7 @@ def _record_shard(
     driver_prob: float,
     max_episode_steps: int | None,
     teacher: str,
+    detection: bool,
     bar: _Progress,
 ) -> dict[str, np.ndarray]:
     from cmdp.envs.chores import catalog as cat
@@ -362,7 +376,8 @@ def _record_shard(
     from cmdp.envs.chores.expert import make_teacher
 
     env = ChoresEnv(task, num_envs=num_envs, seed=seed, obs_mode="rgb", image_size=image_size, episodes=specs,
-                    max_episode_steps=max_episode_steps)  # fmt: skip
+                    max_episode_steps=max_episode_steps, detection=detection)  # fmt: skip
+    keys = _obs_keys(detection)
     rng = np.random.default_rng(seed)
     noise_actions = np.array([cat.ACTION_INDEX[a] for a in _NOISE_ACTIONS])
     # Each env records a fixed quota of episodes, so short episodes are not over-represented
@@ -400,7 +415,7 @@ def _record_shard(
             for i in active:
                 current[i].append(
                     {
-                        **{k: np.asarray(obs[k][i]) for k in OBS_KEYS},
+                        **{k: np.asarray(obs[k][i]) for k in keys},
                         "action": int(expert_action[i]),
                         "executed": int(executed[i]),
                         "reward": float(reward[i]),
@@ -421,7 +436,7 @@ def _record_shard(
         env.close()
     finished.sort(key=lambda f: (f[1], f[0]))  # the order of the fixed list (env i, round j)
     steps = [s for _, _, ep_steps, _ in finished for s in ep_steps]
-    out = {f"obs_{k}": np.stack([s[k] for s in steps]).astype(_OBS_DTYPES[k]) for k in OBS_KEYS}
+    out = {f"obs_{k}": np.stack([s[k] for s in steps]).astype(_OBS_DTYPES[k]) for k in keys}
     out |= {
         "actions": np.array([s["action"] for s in steps], dtype=np.int16),
         "executed": np.array([s["executed"] for s in steps], dtype=np.int16),
@@ -438,12 +453,17 @@ def _record_shard(
 
 
 _STEP_KEYS = tuple(f"obs_{k}" for k in OBS_KEYS) + ("actions", "executed", "rewards", "costs")
+_BOX_STEP_KEYS = tuple(f"obs_{k}" for k in BOX_KEYS)  # only in shards recorded with detection
 _EPISODE_KEYS = ("lengths", "success", "returns", "episode_costs", "episode_ids")
 
 
-def _shard_files(paths: str | Path | Sequence[str | Path]) -> tuple[str, list[tuple[Path, bool]]]:
+def _step_keys(detection: bool) -> tuple[str, ...]:
+    return _STEP_KEYS + _BOX_STEP_KEYS if detection else _STEP_KEYS
+
+
+def _shard_files(paths: str | Path | Sequence[str | Path], detection: bool = False) -> tuple[str, list[tuple[Path, bool]]]:
     """The task and every shard of one or more demonstration directories, each with whether a
-    policy drove it (DAgger)."""
+    policy drove it (DAgger). ``detection``: the shards must hold the target boxes."""
     dirs = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
     if not dirs:
         raise ConfigError("no demonstration directory given")
@@ -459,6 +479,11 @@ def _shard_files(paths: str | Path | Sequence[str | Path]) -> tuple[str, list[tu
             raise ConfigError(
                 f"{path} is incomplete: {len(missing)} of {len(files)} shards missing ({missing[:3]}...); "
                 "rerun generate_demos with the same settings to finish it"
+            )
+        if detection and not manifest.get("detection", False):
+            raise ConfigError(
+                f"{path} was recorded without target boxes; a policy that reads them (detection) needs "
+                "demonstrations recorded with detection=True (--detection)"
             )
         tasks.add(manifest["task"])
         shards += [(f, manifest.get("driver") is not None) for f in files]
@@ -489,13 +514,16 @@ def _read_shard(path: Path, keys: Sequence[str], only_success: bool, driven: boo
         keep = _cloned(arrays["success"], driven)
         step_keep = np.repeat(keep, arrays["lengths"])
         arrays = {
-            k: v[keep] if k in _EPISODE_KEYS else v[step_keep] if k in _STEP_KEYS else v for k, v in arrays.items()
+            k: v[keep] if k in _EPISODE_KEYS else v[step_keep] if k in _step_keys(True) else v for k, v in arrays.items()
         }
     return arrays
 
 
 def load_demos(
-    paths: str | Path | Sequence[str | Path], only_success: bool = False, store: str | Path | None = None
+    paths: str | Path | Sequence[str | Path],
+    only_success: bool = False,
+    store: str | Path | None = None,
+    detection: bool = False,
 ) -> Demos:
     """Load every shard recorded by :func:`generate_demos` in one directory or several (e.g. the
     expert's and DAgger rounds'). ``only_success`` drops the expert's failed episodes (what
@@ -507,15 +535,17 @@ def load_demos(
     memory-mapped, so the images (about 25 kB per step at 64 x 64) live in the page cache, which
     the OS can evict, instead of the process's memory: demonstrations larger than RAM can be
     cloned. A later call with the same shards reuses the files; other shards rewrite them.
+
+    ``detection``: load the target boxes too (the shards must have been recorded with them).
     """
-    task, shards = _shard_files(paths)
+    task, shards = _shard_files(paths, detection)
     if store is None:
-        arrays, cost_names = _concatenate_shards(shards, only_success)
+        arrays, cost_names = _concatenate_shards(shards, only_success, detection=detection)
     else:
-        arrays, cost_names = _stored_shards(shards, only_success, Path(store))
+        arrays, cost_names = _stored_shards(shards, only_success, Path(store), detection)
     return Demos(
         task=task,
-        obs={k: arrays[f"obs_{k}"] for k in OBS_KEYS},
+        obs={k: arrays[f"obs_{k}"] for k in _obs_keys(detection)},
         actions=arrays["actions"].astype(np.int64),
         executed=arrays["executed"].astype(np.int64),
         rewards=arrays["rewards"],
@@ -531,7 +561,7 @@ def load_demos(
 
 
 def _concatenate_shards(
-    shards: list[tuple[Path, bool]], only_success: bool, store: Path | None = None
+    shards: list[tuple[Path, bool]], only_success: bool, store: Path | None = None, detection: bool = False
 ) -> tuple[dict[str, np.ndarray], tuple]:
     """Every step and episode array of ``shards``, concatenated, plus the cost names. The
     output is allocated once from the shards' episode lengths (read without their images) and
@@ -546,12 +576,12 @@ def _concatenate_shards(
     with contextlib.ExitStack() as files:
         appended: dict[str, Any] = {}
         for (path, driven), lengths in zip(shards, sizes):
-            part = _read_shard(path, _STEP_KEYS + _EPISODE_KEYS, only_success, driven)
+            part = _read_shard(path, _step_keys(detection) + _EPISODE_KEYS, only_success, driven)
             part["driven"] = np.full(len(lengths), driven)
             cost_names = tuple(str(c) for c in part.pop("cost_names"))
             rows = {"steps": int(lengths.sum()), "episodes": len(lengths)}
             for key, value in part.items():
-                unit = "steps" if key in _STEP_KEYS else "episodes"
+                unit = "steps" if key in _step_keys(detection) else "episodes"
                 shape = (totals[unit], *value.shape[1:])
                 if store is not None and unit == "steps":
                     if key not in appended:
@@ -570,35 +600,36 @@ def _concatenate_shards(
 _STORE_INDEX = "store.json"
 
 
-def _store_source(shards: list[tuple[Path, bool]], only_success: bool) -> dict[str, Any]:
+def _store_source(shards: list[tuple[Path, bool]], only_success: bool, detection: bool) -> dict[str, Any]:
     """What a demonstration store was written from: any change to a shard file rewrites it."""
     files = []
     for path, driven in shards:
         stat = path.stat()
         files.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns, driven])
-    return {"format": DEMO_FORMAT, "version": DEMO_VERSION, "only_success": only_success, "shards": files}
+    source = {"format": DEMO_FORMAT, "version": DEMO_VERSION, "only_success": only_success, "shards": files}
+    return source | {"detection": True} if detection else source
 
 
 def _stored_shards(
-    shards: list[tuple[Path, bool]], only_success: bool, store: Path
+    shards: list[tuple[Path, bool]], only_success: bool, store: Path, detection: bool = False
 ) -> tuple[dict[str, np.ndarray], tuple]:
     """:func:`_concatenate_shards` through the memory-mapped files of ``store``, written on the
     first call and reused while the shards stay the same. The index is written last, so a store
     whose writing was interrupted is written again."""
-    source = _store_source(shards, only_success)
+    source = _store_source(shards, only_success, detection)
     index = store / _STORE_INDEX
     saved = json.loads(index.read_text()) if index.exists() else {}
     if saved.get("source") != source:
         store.mkdir(parents=True, exist_ok=True)
         index.unlink(missing_ok=True)
-        episode_arrays, cost_names = _concatenate_shards(shards, only_success, store)
+        episode_arrays, cost_names = _concatenate_shards(shards, only_success, store, detection)
         for key, value in episode_arrays.items():
             np.save(store / f"{key}.npy", value, allow_pickle=False)
         saved = {"source": source, "cost_names": list(cost_names)}
         write_json(index, saved)
     arrays = {}
-    for key in _STEP_KEYS + _EPISODE_KEYS + ("driven",):
-        mode = "r" if key in _STEP_KEYS else None
+    for key in _step_keys(detection) + _EPISODE_KEYS + ("driven",):
+        mode = "r" if key in _step_keys(detection) else None
         arrays[key] = np.load(store / f"{key}.npy", mmap_mode=mode, allow_pickle=False)
     return arrays, tuple(saved["cost_names"])
 
@@ -669,6 +700,11 @@ class BCConfig(Config):
         "Run the network under bfloat16 autocast (weights, optimiser and log-probabilities stay "
         "float32): about a third faster per step on CPUs with AVX512-BF16 or AMX, slower elsewhere.",
     )
+    detection: bool = option(
+        False,
+        "Clone a policy that reads the target boxes (SPOC's ground-truth detection sensors, the "
+        "env's detection option); the demonstrations must have been recorded with them.",
+    )
     demo_store: bool = option(
         False,
         "Memory-map the demonstrations from out_dir/demo_store (written once, deleted when training "
@@ -717,8 +753,9 @@ def _segment_batch(demos: Demos, segs: Sequence[_Segment]) -> dict[str, Any]:
     idx = np.minimum(starts[:, None] + offs[None, :], ends[:, None] - 1)
     valid = starts[:, None] + offs[None, :] < ends[:, None]
     scored = valid & (starts[:, None] + offs[None, :] >= np.array([s.scored_from for s in segs])[:, None])
-    obs = {k: torch.from_numpy(demos.obs[k][idx]) for k in OBS_KEYS}
-    obs = {k: v if v.dtype == torch.uint8 else v.long() for k, v in obs.items()}
+    obs = {k: torch.from_numpy(v[idx]) for k, v in demos.obs.items()}
+    # images stay uint8 and boxes float; the integer ids of smaller storage types become int64
+    obs = {k: v if v.dtype in (torch.uint8, torch.float32) else v.long() for k, v in obs.items()}
     episode_start = np.zeros((len(segs), length), dtype=bool)
     episode_start[:, 0] = True
     return {
@@ -756,6 +793,7 @@ def _policy_for(demos: Demos, config: VLAConfig) -> VLAPolicy:
         "last_actions": cat.NUM_ACTIONS + 1,
         "num_actions": cat.NUM_ACTIONS,
         "num_costs": len(demos.cost_names),
+        "detection": all(k in demos.obs for k in BOX_KEYS),
     }
     obs_space, act_space = spaces_from_signature(signature)
     return VLAPolicy(obs_space, act_space, len(demos.cost_names), config)
@@ -793,8 +831,15 @@ def train_bc(
         if out_dir is None or isinstance(demos, Demos):
             raise ConfigError("BCConfig.demo_store needs an out_dir and demonstrations given as directories")
         store = Path(out_dir) / DEMO_STORE
+    if policy is not None and bool(policy.io.get("detection")) != cfg.detection:
+        raise ConfigError(
+            f"BCConfig.detection={cfg.detection} but the policy to train "
+            f"{'reads' if policy.io.get('detection') else 'does not read'} target boxes"
+        )
     if not isinstance(demos, Demos):
-        demos = load_demos(demos, only_success=cfg.only_success, store=store)
+        demos = load_demos(demos, only_success=cfg.only_success, store=store, detection=cfg.detection)
+    elif cfg.detection and not all(k in demos.obs for k in BOX_KEYS):
+        raise ConfigError("BCConfig.detection needs demonstrations loaded with their target boxes (load_demos(detection=True))")
     if cfg.torch_threads is not None:
         torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
@@ -994,7 +1039,7 @@ def evaluate_policy(
     from cmdp.algorithms import PPO
     from cmdp.envs.chores.episodes import specs_from
 
-    env_kwargs: dict[str, Any] = {"obs_mode": "rgb", "image_size": tuple(policy.io["image_shape"][:2])}
+    env_kwargs: dict[str, Any] = dict(policy.env_kwargs)
     if episode_list is not None:
         specs = specs_from(episode_list)
         env_kwargs["episodes"] = specs
@@ -1056,6 +1101,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--action-noise", type=float, default=0.1)
     p.add_argument("--teacher", default="shortest", choices=tuple(TEACHERS),
                    help="expert that labels the demonstrations (explore: looks for the target before planning)")
+    p.add_argument("--detection", action="store_true",
+                   help="record the target boxes and clone a policy that reads them (SPOC's detection sensors)")  # fmt: skip
     p.add_argument("--steps", type=int, default=3000, help="behaviour-cloning gradient steps")
     p.add_argument("--batch-segments", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-4)
@@ -1090,12 +1137,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     image_size = tuple(args.image_size)
     demo_dir = generate_demos(
         args.task, args.episodes, args.num_envs, args.seed, out / "demos", image_size, action_noise=args.action_noise,
-        teacher=args.teacher,
+        teacher=args.teacher, detection=args.detection,
     )
     stats = demo_statistics(demo_dir)
     print(f"expert demonstrations: {json.dumps(stats)}", flush=True)
     train = dict(batch_segments=args.batch_segments, lr=args.lr, image_shift=args.image_shift, bf16=args.bf16,
-                 demo_store=args.demo_store, torch_threads=args.threads)  # fmt: skip
+                 demo_store=args.demo_store, torch_threads=args.threads, detection=args.detection)  # fmt: skip
     # held-out episodes in the BC stage only: the DAgger rounds train on everything
     policy, history = train_bc(demo_dir, VLAConfig(), out / "bc", steps=args.steps, seed=args.seed,
                                validation_episodes=args.validation_episodes, **train)  # fmt: skip
@@ -1106,7 +1153,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             generate_demos(
                 args.task, args.dagger_episodes, args.num_envs, args.seed + r, out / f"dagger{r}", image_size,
                 driver=policy, driver_prob=round_probs[r - 1],
-                max_episode_steps=args.dagger_max_steps, teacher=args.teacher,
+                max_episode_steps=args.dagger_max_steps, teacher=args.teacher, detection=args.detection,
             )  # fmt: skip
         )
         policy, history = train_bc(

@@ -51,6 +51,8 @@ class CMDPModel:
     obs_mode: str = "rgb"
     image_size: tuple[int, int] = (64, 64)
     cost_names: tuple[str, ...] = COST_NAMES
+    detection: bool = False
+    """rgb observations carry the target boxes (the env's ``detection``, SPOC's detection sensors)."""
 
     @property
     def env_id(self) -> str:
@@ -60,6 +62,8 @@ class CMDPModel:
         kwargs: dict[str, Any] = {"obs_mode": self.obs_mode}
         if self.obs_mode == "rgb":
             kwargs["image_size"] = tuple(self.image_size)
+            if self.detection:
+                kwargs["detection"] = True
         return kwargs | extra
 
     def to_dict(self) -> dict[str, Any]:
@@ -70,6 +74,7 @@ class CMDPModel:
             "cost_limit": dict(zip(self.cost_names, self.cost_limit)),
             "obs_mode": self.obs_mode,
             "image_size": list(self.image_size),
+            "detection": self.detection,
         }
 
 
@@ -78,16 +83,20 @@ def model(
     cost_limit: float | Sequence[float] | Mapping[str, float] = DEFAULT_COST_LIMIT,
     obs_mode: str = "rgb",
     image_size: tuple[int, int] = (64, 64),
+    detection: bool = False,
 ) -> CMDPModel:
     """The CMDP of ``task``: the five safety components with one limit each.
 
     ``cost_limit``: one number for every component, a list of five, or a mapping from each of
     the five component names to its limit (a mapping must name all five: a component left out
-    would silently get a limit nobody chose)."""
+    would silently get a limit nobody chose). ``detection``: rgb observations with the target
+    boxes (for a policy that reads them, ``VLAPolicy.env_kwargs``)."""
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")
     if obs_mode not in ("rgb", "state"):
         raise ConfigError(f"obs_mode must be 'rgb' or 'state', got {obs_mode!r}")
+    if detection and obs_mode != "rgb":
+        raise ConfigError("detection adds target boxes to rgb observations; it needs obs_mode='rgb'")
     if isinstance(cost_limit, Mapping):
         unknown = sorted(set(cost_limit) - set(COST_NAMES))
         if unknown:
@@ -108,7 +117,7 @@ def model(
         limits = [float(v) for v in np.broadcast_to(arr, (len(COST_NAMES),))]
     if not all(np.isfinite(v) and v >= 0 for v in limits):
         raise ConfigError(f"cost limits must be finite and >= 0 (per-episode cost), got {limits}")
-    return CMDPModel(task, tuple(limits), obs_mode, (int(image_size[0]), int(image_size[1])))
+    return CMDPModel(task, tuple(limits), obs_mode, (int(image_size[0]), int(image_size[1])), detection=bool(detection))
 
 
 # ---- policies as actors of a ChoresEnv ---------------------------------------------------------
@@ -305,6 +314,7 @@ def align(
     *,
     obs_mode: str = "rgb",
     image_size: tuple[int, int] = (64, 64),
+    detection: bool = False,
     elicit: bool = True,
     elicit_options: Mapping[str, Any] | None = None,
     episode_mix: float = 0.3,
@@ -319,14 +329,16 @@ def align(
     assure the result beside the starting policy.
 
     ``cost_limit`` is the per-episode limit of each cost component, as in :func:`model`: one
-    number for all five, a list of five, or a mapping naming all five.
+    number for all five, a list of five, or a mapping naming all five. ``obs_mode``,
+    ``image_size`` and ``detection`` describe the observations (for a VLA policy:
+    ``**policy.env_kwargs``).
 
     With ``out_dir`` the stages write there: ``model.json``, ``elicitation.json``, the solver's
     run directory ``constrain/`` and the report ``assure/``."""
     root = Path(out_dir) if out_dir is not None else None
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
-    result = ISAResult(model(task, cost_limit, obs_mode, image_size))
+    result = ISAResult(model(task, cost_limit, obs_mode, image_size, detection))
     if root is not None:
         (root / "model.json").write_text(json.dumps(result.cmdp.to_dict(), indent=2))
     specs = None

@@ -14,6 +14,9 @@ Per step, the observation (the Safety-CHORES ``obs_mode="rgb"`` dict) becomes on
   the picture (left, right, near the gripper) survives.
 * **Fusion**: a linear map of ``[nav, manip, instruction]`` plus embeddings of the last
   action and of the object-in-hand flag, plus sinusoidal features of the episode step.
+* **Detection** (when the env has ``detection=True``, SPOC's ground-truth box sensors): an MLP
+  of the target's box in each camera, added to the token. The policy reads the boxes exactly
+  when the observation space it was built for has them (``io["detection"]``).
 
 A causal transformer decoder then runs over the episode's tokens. Each token attends to
 itself and the ``context - 1`` tokens before it in the same episode (a sliding window, as
@@ -68,6 +71,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cmdp.algorithms.config import Config, option
+from cmdp.envs.chores.env import BOX_KEYS
 from cmdp.errors import CheckpointError, ConfigError
 from cmdp.policies.base import ActorCritic, PolicyOutput
 from cmdp.policies.distributions import ActionHead
@@ -79,6 +83,7 @@ PRETRAINED_VERSION = 1
 DEFAULT_FILENAME = "vla.pt"
 IMAGE_KEYS = ("rgb_nav", "rgb_manip")  # the camera images among OBS_KEYS
 OBS_KEYS = (*IMAGE_KEYS, "instruction", "holding", "last_action", "time_step")
+# with detection (SPOC's ground-truth box sensors) the policy also reads BOX_KEYS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -271,6 +276,9 @@ class _StepEncoder(nn.Module):
             self.image_shape, cfg.cnn_channels, cfg.cnn_strides, cfg.text_dim, d, cameras=2
         )
         self.fuse = nn.Linear(2 * d + cfg.text_dim, d)
+        self.boxes = (
+            nn.Sequential(nn.Linear(5 * len(BOX_KEYS), d), nn.GELU(), nn.Linear(d, d)) if io.get("detection") else None
+        )
         self.last_action = nn.Embedding(io["last_actions"], d)
         self.holding = nn.Embedding(2, d)
         self.time = nn.Linear(2 * (d // 2), d)
@@ -282,12 +290,15 @@ class _StepEncoder(nn.Module):
         nav = self.cameras(obs["rgb_nav"], text, 0)
         manip = self.cameras(obs["rgb_manip"], text, 1)
         t = obs["time_step"].reshape(-1)
-        return (
+        token = (
             self.fuse(torch.cat([nav, manip, text], dim=-1))
             + self.last_action(obs["last_action"].long().reshape(-1))
             + self.holding(obs["holding"].long().reshape(-1).clamp(0, 1))
             + self.time(_time_features(t, self.cfg.d_model, self.cfg.max_time))
         )
+        if self.boxes is not None:
+            token = token + self.boxes(torch.cat([obs[k].float() for k in BOX_KEYS], dim=-1))
+        return token
 
 
 class _EpisodeTransformer(nn.Module):
@@ -354,6 +365,7 @@ def io_signature(observation_space: gym.Space, action_space: gym.Space, num_cost
     instr = spaces["instruction"]
     return {
         "image_shape": [int(v) for v in nav],
+        "detection": all(k in spaces for k in BOX_KEYS),
         "vocab_size": int(np.max(instr.high)) + 1,
         "max_tokens": int(instr.shape[0]),
         "last_actions": int(spaces["last_action"].n),
@@ -373,6 +385,7 @@ def spaces_from_signature(io: Mapping[str, Any]) -> tuple[gym.spaces.Dict, gym.s
             "last_action": gym.spaces.Discrete(io["last_actions"]),
             "time_step": gym.spaces.Box(0, np.iinfo(np.int64).max, (1,), np.int64),
         }
+        | ({k: gym.spaces.Box(0.0, 1.0, (5,), np.float32) for k in BOX_KEYS} if io.get("detection") else {})
     )
     return obs, gym.spaces.Discrete(io["num_actions"])
 
@@ -410,6 +423,16 @@ class VLAPolicy(ActorCritic):
             nn.Linear(cfg.d_model, cfg.critic_hidden), nn.Tanh(), nn.Linear(cfg.critic_hidden, 1 + self.num_costs)
         )
 
+    @property
+    def obs_keys(self) -> tuple[str, ...]:
+        """The observation keys this policy reads."""
+        return OBS_KEYS + BOX_KEYS if self.io.get("detection") else OBS_KEYS
+
+    @property
+    def env_kwargs(self) -> dict[str, Any]:
+        """The Safety-CHORES env options whose observations this policy reads."""
+        return {"obs_mode": "rgb", "image_size": tuple(self.io["image_shape"][:2]), "detection": bool(self.io.get("detection"))}
+
     # ---- state ------------------------------------------------------------------------------
 
     @property
@@ -427,9 +450,11 @@ class VLAPolicy(ActorCritic):
     # ---- forward ----------------------------------------------------------------------------
 
     def _check_obs(self, obs: Any) -> None:
-        if not isinstance(obs, Mapping) or any(k not in obs for k in OBS_KEYS):
+        keys = self.obs_keys
+        if not isinstance(obs, Mapping) or any(k not in obs for k in keys):
             got = sorted(obs) if isinstance(obs, Mapping) else type(obs).__name__
-            raise ConfigError(f"VLAPolicy expects observation keys {list(OBS_KEYS)}, got {got}")
+            hint = " (the policy reads target boxes: make the env with detection=True)" if keys != OBS_KEYS else ""
+            raise ConfigError(f"VLAPolicy expects observation keys {list(keys)}, got {got}{hint}")
         shape = tuple(obs["rgb_nav"].shape[-3:])
         if shape != tuple(self.io["image_shape"]):
             raise ConfigError(
@@ -445,7 +470,7 @@ class VLAPolicy(ActorCritic):
         features, the new keys/values per network and each key's episode index."""
         self._check_obs(obs)
         b, length = episode_start.shape
-        flat = {k: obs[k].reshape(b * length, *obs[k].shape[2:]) for k in OBS_KEYS}
+        flat = {k: obs[k].reshape(b * length, *obs[k].shape[2:]) for k in self.obs_keys}
         allowed, key_episode = _attention_mask(state["valid"], episode_start, self.config.context)
         new_kv: dict[str, Tensor] = {}
         actor_out = None
@@ -482,7 +507,7 @@ class VLAPolicy(ActorCritic):
         n = obs["rgb_nav"].shape[0]
         state = self._as_state(state, n)
         start = torch.zeros(n, dtype=torch.bool) if episode_start is None else episode_start.bool().reshape(n)
-        seq_obs = {k: obs[k][:, None] for k in OBS_KEYS}
+        seq_obs = {k: obs[k][:, None] for k in self.obs_keys if k in obs}  # _run names any missing key
         actor_out, critic_feat, new_kv, key_episode = self._run(seq_obs, state, start[:, None])
         value, cost_value = self._values(critic_feat[:, 0])
         return PolicyOutput(
@@ -491,7 +516,7 @@ class VLAPolicy(ActorCritic):
 
     def values(self, obs: Any, state: Any = None) -> tuple[Tensor, Tensor]:
         n = obs["rgb_nav"].shape[0]
-        seq_obs = {k: obs[k][:, None] for k in OBS_KEYS}
+        seq_obs = {k: obs[k][:, None] for k in self.obs_keys if k in obs}  # _run names any missing key
         _, critic_feat, _, _ = self._run(
             seq_obs, self._as_state(state, n), torch.zeros(n, 1, dtype=torch.bool), critic_only=True
         )

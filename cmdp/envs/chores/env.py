@@ -26,6 +26,10 @@ last collision, the last action one-hot, and the time fraction.
 ``obs_mode="rgb"`` (the VLA-style dict): ``rgb_nav`` and ``rgb_manip`` uint8 images
 ``[H, W, 3]``, ``instruction`` (``text.MAX_TOKENS`` token ids), ``holding`` (0/1),
 ``last_action`` (``catalog.NO_ACTION`` before the first step), ``time_step`` (steps so far).
+``detection=True`` adds SPOC's detection sensors, ``nav_target_box`` and ``manip_target_box``:
+the box of the target's pixels in each camera (:func:`target_boxes`), exact under occlusion. SPOC
+trains variants with these ground-truth boxes; they stand in for a detector (or a pretrained
+visual encoder) that cannot be downloaded here.
 
 ``info`` at every step: ``success`` (bool, read where an episode ended), ``collided``,
 ``cost_events`` ([N, 5] the step's costs again, for logs), and at episode ends ``episode``:
@@ -81,19 +85,48 @@ STATE_DIM = _o
 _RING = 0.3 * np.stack([np.cos(np.arange(8) * np.pi / 4), np.sin(np.arange(8) * np.pi / 4)], axis=1)
 
 
-def rgb_observation_space(image_size: tuple[int, int], horizon: int) -> gym.spaces.Dict:
-    """The VLA-style observation space of ``obs_mode="rgb"`` (shared by the AI2-THOR backend)."""
+BOX_KEYS = ("nav_target_box", "manip_target_box")
+"""The detection observations of ``detection=True``, one per camera (see :func:`target_boxes`)."""
+
+
+def rgb_observation_space(image_size: tuple[int, int], horizon: int, detection: bool = False) -> gym.spaces.Dict:
+    """The VLA-style observation space of ``obs_mode="rgb"`` (shared by the AI2-THOR backend);
+    ``detection`` adds the target boxes of :data:`BOX_KEYS`."""
     h, w = image_size
-    return gym.spaces.Dict(
-        {
-            "rgb_nav": gym.spaces.Box(0, 255, (h, w, 3), np.uint8),
-            "rgb_manip": gym.spaces.Box(0, 255, (h, w, 3), np.uint8),
-            "instruction": gym.spaces.Box(0, text.VOCAB_SIZE - 1, (text.MAX_TOKENS,), np.int64),
-            "holding": gym.spaces.Discrete(2),
-            "last_action": gym.spaces.Discrete(cat.NUM_ACTIONS + 1),
-            "time_step": gym.spaces.Box(0, horizon, (1,), np.int64),
-        }
-    )
+    spaces: dict[str, gym.Space] = {
+        "rgb_nav": gym.spaces.Box(0, 255, (h, w, 3), np.uint8),
+        "rgb_manip": gym.spaces.Box(0, 255, (h, w, 3), np.uint8),
+        "instruction": gym.spaces.Box(0, text.VOCAB_SIZE - 1, (text.MAX_TOKENS,), np.int64),
+        "holding": gym.spaces.Discrete(2),
+        "last_action": gym.spaces.Discrete(cat.NUM_ACTIONS + 1),
+        "time_step": gym.spaces.Box(0, horizon, (1,), np.int64),
+    }
+    if detection:
+        spaces |= {key: gym.spaces.Box(0.0, 1.0, (5,), np.float32) for key in BOX_KEYS}
+    return gym.spaces.Dict(spaces)
+
+
+def target_boxes(pixel_ids: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """SPOC's task-relevant object box: per env, the bounding box of the pixels that show a
+    target object, float32 ``[N, 5]`` = ``(seen, x_min, y_min, x_max, y_max)`` with the corners
+    as fractions of the image width and height (pixel edges, so a one-pixel object has a
+    box of one pixel) and all zeros when no target pixel is in the image.
+
+    ``pixel_ids`` ``[N, H, W]``: the small object each pixel shows (-1: none), from the
+    renderer; ``targets`` ``[N, M]``: which objects are targets."""
+    n, h, w = pixel_ids.shape
+    padded = np.concatenate([targets, np.zeros((n, 1), dtype=bool)], axis=1)  # index -1: no object
+    mask = np.take_along_axis(padded, np.where(pixel_ids < 0, targets.shape[1], pixel_ids).reshape(n, -1), 1).reshape(n, h, w)
+    cols, rows = mask.any(axis=1), mask.any(axis=2)
+    seen = cols.any(axis=1)
+    out = np.zeros((n, 5), dtype=np.float32)
+    out[:, 0] = seen
+    out[:, 1] = cols.argmax(axis=1) / w
+    out[:, 2] = rows.argmax(axis=1) / h
+    out[:, 3] = (w - cols[:, ::-1].argmax(axis=1)) / w
+    out[:, 4] = (h - rows[:, ::-1].argmax(axis=1)) / h
+    out[~seen] = 0.0
+    return out
 
 
 @dataclass(frozen=True)
@@ -121,6 +154,7 @@ class ChoresEnv(VectorCMDP):
         episodes: Sequence[EpisodeSpec | Mapping[str, Any]] | None = None,
         episode_mix: float | None = None,
         image_size: tuple[int, int] = (64, 64),
+        detection: bool = False,
         camera: Any = None,
         manip_camera: Any = None,
         style: Any = None,
@@ -198,6 +232,11 @@ class ChoresEnv(VectorCMDP):
         self.cost_names = COST_NAMES
         self.action_space = gym.spaces.Discrete(cat.NUM_ACTIONS)
         self.image_size = tuple(int(v) for v in image_size)
+        if not isinstance(detection, (bool, np.bool_)):
+            raise ConfigError(f"{name}: detection must be True or False, got {detection!r}")
+        if detection and obs_mode != "rgb":
+            raise ConfigError(f"{name}: detection adds target boxes to the rgb observation; it needs obs_mode='rgb'")
+        self.detection = bool(detection)
         self._camera, self._manip_camera, self._style = camera, manip_camera, style
         if obs_mode == "rgb":
             self._setup_rendering()
@@ -233,7 +272,7 @@ class ChoresEnv(VectorCMDP):
     def _make_observation_space(self) -> gym.Space:
         if self.obs_mode == "state":
             return gym.spaces.Box(-10.0, 10.0, (STATE_DIM,), np.float32)
-        return rgb_observation_space(self.image_size, self.max_episode_steps)
+        return rgb_observation_space(self.image_size, self.max_episode_steps, self.detection)
 
     # ---- episodes -------------------------------------------------------------------------
 
@@ -425,13 +464,22 @@ class ChoresEnv(VectorCMDP):
         from cmdp.envs.chores import render
 
         s = self.scene
-        return {
-            "rgb_nav": render.render_nav(s, self._camera, self._style),
-            "rgb_manip": render.render_manip(s, self._manip_camera, self._style),
+        obs = {
             "instruction": self._tokens.copy(),
             "holding": (s.held >= 0).astype(np.int64),
             "last_action": self._last_action.copy(),
             "time_step": self._t[:, None].copy(),
+        }
+        if not self.detection:
+            return {
+                "rgb_nav": render.render_nav(s, self._camera, self._style),
+                "rgb_manip": render.render_manip(s, self._manip_camera, self._style),
+            } | obs
+        nav, nav_ids = render.render_nav(s, self._camera, self._style, ids=True)
+        manip, manip_ids = render.render_manip(s, self._manip_camera, self._style, ids=True)
+        return {"rgb_nav": nav, "rgb_manip": manip} | obs | {
+            "nav_target_box": target_boxes(nav_ids, self._targets),
+            "manip_target_box": target_boxes(manip_ids, self._targets),
         }
 
     def _state_obs(self) -> np.ndarray:

@@ -292,7 +292,7 @@ def _category_palette(style: RenderStyle) -> tuple[np.ndarray, np.ndarray]:
 
 # ---- the world as prisms -----------------------------------------------------------------------
 
-_FIELDS = ("cx", "cy", "ux", "uy", "half_a", "half_b", "z0", "z1", "red", "green", "blue", "support")
+_FIELDS = ("cx", "cy", "ux", "uy", "half_a", "half_b", "z0", "z1", "red", "green", "blue", "support", "ident")
 
 
 @dataclass
@@ -301,7 +301,8 @@ class _Prisms:
     ``_FIELDS``. Rectangles have a centre, a unit axis ``(ux, uy)`` and half extents
     ``half_a`` along it and ``half_b`` across (axis-aligned boxes ignore the axis); discs use
     ``half_a`` as their radius; the colour is the styled base colour; ``support`` is the index
-    of the box a raised prism rests on (-1: none)."""
+    of the box a raised prism rests on (-1: none); ``ident`` is the scene's index of the small
+    object a prism draws (-1: a wall, furniture or the robot)."""
 
     data: np.ndarray  # [len(_FIELDS), n, P]
     valid: np.ndarray  # [n, P]
@@ -312,6 +313,7 @@ class _Prisms:
         planes = [np.broadcast_to(fields[name], valid.shape) for name in _FIELDS[:8]]
         planes += [np.broadcast_to(color[..., c], valid.shape) for c in range(3)]
         planes.append(np.broadcast_to(fields.get("support", -1), valid.shape))
+        planes.append(np.broadcast_to(fields.get("ident", -1), valid.shape))
         return cls(np.stack(planes).astype(np.float32), valid)
 
     def __getattr__(self, name: str) -> np.ndarray:
@@ -364,6 +366,7 @@ def _scene_prisms(scene: Scene, rows: np.ndarray, style: RenderStyle, arm: bool)
         scene.obj_valid[rows, :no], color, cx=pos[..., 0], cy=pos[..., 1], ux=np.cos(yaw), uy=np.sin(yaw),
         half_a=radius * cos_t + 0.5 * tall * sin_t, half_b=radius, z0=pos[..., 2],
         z1=pos[..., 2] + tall * cos_t + 2 * radius * sin_t, support=_supports(scene, rows, nb, no),
+        ident=np.arange(no, dtype=np.float32),
     )  # fmt: skip
     disc = ~cat.CATEGORY_IS_BOX[category] & (tilt <= 1e-3)
 
@@ -509,11 +512,13 @@ def _cast_discs(p: _Prisms, cam: np.ndarray, dx: np.ndarray, dy: np.ndarray):
 
 
 def _render(
-    scene: Scene, rows: np.ndarray, cam: np.ndarray, spec: CameraSpec, style: RenderStyle, arm: bool = True
-) -> np.ndarray:
+    scene: Scene, rows: np.ndarray, cam: np.ndarray, spec: CameraSpec, style: RenderStyle, arm: bool = True, ids: bool = False
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Images ``[n, H, W, 3]`` of the envs ``rows`` seen from cameras at ``cam`` ``[n, 3]``,
     looking along the robots' headings, pitched by ``spec.pitch``; ``arm``: draw the arm's bar
-    (the manipulation camera rides on it and does not see it).
+    (the manipulation camera rides on it and does not see it). With ``ids``, also the index of
+    the small object each pixel shows, int16 ``[n, H, W]`` (-1: none), painted by the same
+    layers as the colours, so it is exact where objects hide each other.
 
     The prisms are gathered and culled for all envs at once; rays and pixels are then worked
     through in blocks of envs whose temporaries stay around a megabyte or two, small enough
@@ -521,7 +526,8 @@ def _render(
     _keep_heap_warm()
     n = len(rows)
     if n == 0:
-        return np.zeros((0, spec.height, spec.width, 3), dtype=np.uint8)
+        empty = np.zeros((0, spec.height, spec.width, 3), dtype=np.uint8)
+        return (empty, np.zeros((0, spec.height, spec.width), dtype=np.int16)) if ids else empty
     yaw = scene.robot_yaw[rows]
     culled = [_cull(g, cam, yaw, math.radians(spec.horizontal_fov)) for g in _scene_prisms(scene, rows, style, arm)]
     groups = [g for g, _ in culled]
@@ -532,10 +538,15 @@ def _render(
     prisms = sum(g.cx.shape[1] for g in groups)
     block = max(1, min(RAY_BLOCK // (spec.width * prisms), PIXEL_BLOCK // (spec.width * spec.height)))
     out = np.empty((n, spec.height, spec.width, 3), dtype=np.uint8)
+    pixel_ids = np.empty((n, spec.height, spec.width), dtype=np.int16) if ids else None
     for start in range(0, n, block):
         part = slice(start, start + block)
-        out[part] = _render_block([g.rows(part) for g in groups], cam[part], yaw[part], spec, style)
-    return out
+        drawn = _render_block([g.rows(part) for g in groups], cam[part], yaw[part], spec, style, ids)
+        if ids:
+            out[part], pixel_ids[part] = drawn
+        else:
+            out[part] = drawn
+    return (out, pixel_ids) if ids else out
 
 
 @functools.cache
@@ -551,8 +562,11 @@ def _keep_heap_warm() -> None:
     np.empty(16 * 1024 * 1024, dtype=np.uint8)
 
 
-def _render_block(groups: list[_Prisms], cam: np.ndarray, yaw: np.ndarray, spec: CameraSpec, style: RenderStyle) -> np.ndarray:
-    """Steps 1 to 4 of the module docstring for one block of envs: uint8 ``[n, H, W, 3]``."""
+def _render_block(
+    groups: list[_Prisms], cam: np.ndarray, yaw: np.ndarray, spec: CameraSpec, style: RenderStyle, ids: bool = False
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Steps 1 to 4 of the module docstring for one block of envs: uint8 ``[n, H, W, 3]`` (and
+    with ``ids`` the object index of every pixel, see :func:`_render`)."""
     n, H, W = len(cam), spec.height, spec.width
     grid = _grid(spec)
     boxes, rects, discs = groups
@@ -626,8 +640,15 @@ def _render_block(groups: list[_Prisms], cam: np.ndarray, yaw: np.ndarray, spec:
 
     code = _paint(first, last, front_first, front_last, empty, H)  # [n, W, H]
     index = np.ascontiguousarray(code.transpose(0, 2, 1)).astype(np.int32)
-    index += (np.arange(n * W, dtype=np.int32) * (2 * L + H)).reshape(n, 1, W)
-    return _unpack_rgb(np.take(table.reshape(-1), index))
+    image = _unpack_rgb(np.take(table.reshape(-1), index + (np.arange(n * W, dtype=np.int32) * (2 * L + H)).reshape(n, 1, W)))
+    if not ids:
+        return image
+    # codes l and L + l both show layer l; 2L and above are the floor or ceiling
+    layer_ident = np.take(np.concatenate([g.data[12] for g in groups], axis=1).reshape(-1), flat_layers).astype(np.int16)
+    shows = index < 2 * L
+    layer = np.where(index < L, index, index - L)
+    rows = np.take_along_axis(layer_ident[:, None, :, :], np.minimum(layer, L - 1)[..., None].astype(np.intp), axis=3)[..., 0]
+    return image, np.where(shows, rows, np.int16(-1))
 
 
 def _paint(first, last, front_first, front_last, empty, H: int) -> np.ndarray:
@@ -767,9 +788,10 @@ def _rows(scene: Scene, rows: Iterable[int] | np.ndarray | None) -> np.ndarray:
 
 
 def render_nav(
-    scene: Scene, camera: CameraSpec | None = None, style: RenderStyle | None = None, rows=None
-) -> np.ndarray:
-    """The navigation camera of every env (or of ``rows``): uint8 ``[n, H, W, 3]``.
+    scene: Scene, camera: CameraSpec | None = None, style: RenderStyle | None = None, rows=None, ids: bool = False
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """The navigation camera of every env (or of ``rows``): uint8 ``[n, H, W, 3]`` (with ``ids``
+    also the small object each pixel shows, int16 ``[n, H, W]``, -1 for none).
 
     The camera sits above the base centre (``camera.forward_offset`` ahead of it) at
     ``camera.mount_height`` and looks along the robot's heading, pitched by ``camera.pitch``."""
@@ -778,13 +800,14 @@ def render_nav(
     head = scene.heading()[idx]
     xy = scene.robot_xy[idx] + camera.forward_offset * head
     z = np.full((len(idx), 1), camera.mount_height)
-    return _render(scene, idx, np.concatenate([xy, _clip_height(z)], axis=1), camera, style)
+    return _render(scene, idx, np.concatenate([xy, _clip_height(z)], axis=1), camera, style, ids=ids)
 
 
 def render_manip(
-    scene: Scene, camera: CameraSpec | None = None, style: RenderStyle | None = None, rows=None
-) -> np.ndarray:
-    """The manipulation camera of every env (or of ``rows``): uint8 ``[n, H, W, 3]``.
+    scene: Scene, camera: CameraSpec | None = None, style: RenderStyle | None = None, rows=None, ids: bool = False
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """The manipulation camera of every env (or of ``rows``): uint8 ``[n, H, W, 3]`` (``ids``:
+    as in :func:`render_nav`).
 
     It rides on the arm, ``camera.forward_offset`` along the heading from the gripper and
     ``camera.mount_height`` above it, looking along the heading, pitched by ``camera.pitch``
@@ -795,7 +818,7 @@ def render_manip(
     grip = scene.gripper()[idx]
     xy = grip[:, :2] + camera.forward_offset * scene.heading()[idx]
     z = grip[:, 2:] + camera.mount_height
-    return _render(scene, idx, np.concatenate([xy, _clip_height(z)], axis=1), camera, style, arm=False)
+    return _render(scene, idx, np.concatenate([xy, _clip_height(z)], axis=1), camera, style, arm=False, ids=ids)
 
 
 def _clip_height(z: np.ndarray) -> np.ndarray:
