@@ -28,6 +28,7 @@ from cmdp.policies.vla import VLAConfig
         (dict(cost_limit={"corners": 1.0}), "unknown cost components ['corners']"),
         (dict(task="Cook"), "unknown task 'Cook'"),
         (dict(obs_mode="depth"), "obs_mode"),
+        (dict(obs_mode="state", detection=True), "needs obs_mode='rgb'"),
     ],
 )
 def test_model_rejects_bad_limits_tasks_and_modes(kwargs, message):
@@ -43,6 +44,9 @@ def test_model_broadcasts_one_limit_and_takes_a_mapping_of_all_five():
     assert model("Fetch", full).cost_limit == tuple(full[name] for name in COST_NAMES)
     assert model("Fetch", dict(reversed(full.items()))).cost_limit == model("Fetch", full).cost_limit
     assert model("ObjectNav", obs_mode="state").env_kwargs() == {"obs_mode": "state"}
+    detecting = model("Fetch", detection=True)
+    assert detecting.env_kwargs() == {"obs_mode": "rgb", "image_size": (64, 64), "detection": True}
+    assert detecting.to_dict()["detection"] is True
 
 
 def test_model_rejects_a_mapping_that_leaves_components_out():

@@ -647,8 +647,8 @@ def _render_block(
     layer_ident = np.take(np.concatenate([g.data[12] for g in groups], axis=1).reshape(-1), flat_layers).astype(np.int16)
     shows = index < 2 * L
     layer = np.where(index < L, index, index - L)
-    rows = np.take_along_axis(layer_ident[:, None, :, :], np.minimum(layer, L - 1)[..., None].astype(np.intp), axis=3)[..., 0]
-    return image, np.where(shows, rows, np.int16(-1))
+    pixel_ids = np.take_along_axis(layer_ident[:, None, :, :], np.minimum(layer, L - 1)[..., None].astype(np.intp), axis=3)[..., 0]
+    return image, np.where(shows, pixel_ids, np.int16(-1))
 
 
 def _paint(first, last, front_first, front_last, empty, H: int) -> np.ndarray:
