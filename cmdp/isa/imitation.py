@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -771,14 +772,14 @@ def random_shift(images: torch.Tensor, pad: int, rng: np.random.Generator) -> to
     """``images`` (``[..., H, W, C]``) each moved by its own offset of up to ``pad`` pixels in
     each direction; the border is filled by repeating the edge pixels."""
     *lead, h, w, c = images.shape
-    flat = images.reshape(-1, h, w, c)
-    n = flat.shape[0]
-    padded = torch.nn.functional.pad(flat.permute(0, 3, 1, 2).float(), (pad, pad, pad, pad), mode="replicate")
-    padded = padded.to(images.dtype).permute(0, 2, 3, 1)
+    n = math.prod(lead)
     dy, dx = (torch.from_numpy(rng.integers(0, 2 * pad + 1, size=n)) for _ in range(2))
-    rows = (dy[:, None] + torch.arange(h))[:, :, None]
-    cols = (dx[:, None] + torch.arange(w))[:, None, :]
-    return padded[torch.arange(n)[:, None, None], rows, cols].reshape(*lead, h, w, c)
+    # cropping the edge-padded image at (dy, dx) reads the original at clamped coordinates: one
+    # gather of whole pixels, without materialising the padded (or a float) copy of the batch
+    rows = (dy[:, None] + torch.arange(h) - pad).clamp_(0, h - 1)
+    cols = (dx[:, None] + torch.arange(w) - pad).clamp_(0, w - 1)
+    pixels = torch.arange(n)[:, None, None] * (h * w) + rows[:, :, None] * w + cols[:, None, :]
+    return images.reshape(n * h * w, c).index_select(0, pixels.reshape(-1)).reshape(*lead, h, w, c)
 
 
 def _policy_for(demos: Demos, config: VLAConfig) -> VLAPolicy:
