@@ -230,18 +230,26 @@ def test_cli_rejects_bad_checkpoints(ppolag_run, tmp_path, capsys):
         assert code == 2 and message in err, err
 
 
-def test_a_pretrained_vla_is_assured_on_rgb_observations(fetch_specs, tmp_path):
+@pytest.mark.parametrize("detection", [False, True])
+def test_a_pretrained_vla_and_its_solver_are_assured_on_their_observations(fetch_specs, tmp_path, detection):
+    from cmdp.algorithms import PPO
+    from cmdp.isa.assure import AlgorithmPolicy
     from cmdp.policies.vla import VLAConfig, VLAPolicy
 
-    env = ChoresEnv("Fetch", obs_mode="rgb", image_size=(32, 32))
+    env = ChoresEnv("Fetch", obs_mode="rgb", image_size=(32, 32), detection=detection)
     config = VLAConfig(d_model=16, num_layers=1, num_heads=2, ff_dim=16, context=8, cnn_channels=(8, 8),
                        cnn_strides=(4, 2), text_dim=8, text_heads=2, critic_hidden=8)  # fmt: skip
-    VLAPolicy(env.observation_space, env.action_space, len(COST_NAMES), config).save_pretrained(tmp_path / "vla")
-    report = assure([str(tmp_path / "vla")], task="Fetch", suites="none", eval_episodes=fetch_specs[:2],
-                    num_envs=2, gifs=0, progress=False)  # fmt: skip
-    (result,) = report.policies.values()
-    assert result.name == "vla" and result.source.startswith("VLA ")
-    assert [e.episode_id for e in result.sets[EVAL_SET].episodes] == [s.episode_id for s in fetch_specs[:2]]
+    vla = VLAPolicy(env.observation_space, env.action_space, len(COST_NAMES), config)
+    vla.save_pretrained(tmp_path / "vla")
+    solver = PPO("SafetyChores-Fetch-v0", policy=vla, env_kwargs=vla.env_kwargs, num_envs=2, steps_per_epoch=8,
+                 minibatch_size=8, normalize_obs=False, run_dir=False, progress_bar=False, tensorboard=False)  # fmt: skip
+    solver.learn(8)
+    report = assure([str(tmp_path / "vla"), AlgorithmPolicy(solver, "solver")], task="Fetch", suites="none",
+                    eval_episodes=fetch_specs[:2], num_envs=2, gifs=0, progress=False)  # fmt: skip
+    assert list(report.policies) == ["vla", "solver"]
+    assert report.policies["vla"].source.startswith("VLA ")
+    for result in report.policies.values():
+        assert [e.episode_id for e in result.sets[EVAL_SET].episodes] == [s.episode_id for s in fetch_specs[:2]]
 
 
 def test_config_rejects_repeated_suites():

@@ -204,9 +204,12 @@ class AlgorithmPolicy:
         self.source = f"{getattr(algo, 'name', type(algo).__name__)} solver"
         self.deterministic = bool(deterministic)
         env_kwargs = dict(getattr(algo.config, "env_kwargs", None) or {})
+        # the options that shape the observations; the rest (episodes, dynamics) belong to training
         self.env_kwargs = {"obs_mode": env_kwargs.get("obs_mode", "state")}
         if "image_size" in env_kwargs:
             self.env_kwargs["image_size"] = tuple(env_kwargs["image_size"])
+        if env_kwargs.get("detection"):
+            self.env_kwargs["detection"] = True
         self.task = _task_of(getattr(algo, "env_id", None))
         self._space = algo.env.observation_space
         self._state: Any = None
