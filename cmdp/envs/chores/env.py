@@ -464,23 +464,22 @@ class ChoresEnv(VectorCMDP):
         from cmdp.envs.chores import render
 
         s = self.scene
-        obs = {
+        boxes = {}
+        if self.detection:
+            nav, nav_ids = render.render_nav(s, self._camera, self._style, ids=True)
+            manip, manip_ids = render.render_manip(s, self._manip_camera, self._style, ids=True)
+            boxes = {"nav_target_box": target_boxes(nav_ids, self._targets), "manip_target_box": target_boxes(manip_ids, self._targets)}
+        else:
+            nav = render.render_nav(s, self._camera, self._style)
+            manip = render.render_manip(s, self._manip_camera, self._style)
+        return {
+            "rgb_nav": nav,
+            "rgb_manip": manip,
             "instruction": self._tokens.copy(),
             "holding": (s.held >= 0).astype(np.int64),
             "last_action": self._last_action.copy(),
             "time_step": self._t[:, None].copy(),
-        }
-        if not self.detection:
-            return {
-                "rgb_nav": render.render_nav(s, self._camera, self._style),
-                "rgb_manip": render.render_manip(s, self._manip_camera, self._style),
-            } | obs
-        nav, nav_ids = render.render_nav(s, self._camera, self._style, ids=True)
-        manip, manip_ids = render.render_manip(s, self._manip_camera, self._style, ids=True)
-        return {"rgb_nav": nav, "rgb_manip": manip} | obs | {
-            "nav_target_box": target_boxes(nav_ids, self._targets),
-            "manip_target_box": target_boxes(manip_ids, self._targets),
-        }
+        } | boxes
 
     def _state_obs(self) -> np.ndarray:
         s = self.scene
