@@ -1,6 +1,6 @@
 """Speed of the VLA policy: acting cost along an episode (KV cache) and PPOLag training rate.
 
-    python benchmarks/vla_speed.py [--envs 8] [--repeats 5] [--train-epochs 2] [--out BENCHMARKS.md]
+    python benchmarks/vla_speed.py [--envs 8] [--repeats 5] [--train-epochs 2] [--detection] [--out BENCHMARKS.md]
 
 1. **Acting step time** of :class:`cmdp.policies.vla.VLAPolicy` (default ``VLAConfig``) for a
    batch of ``--envs`` envs at episode steps 10 and 400, with the KV cache: a whole 410-step
@@ -45,9 +45,9 @@ ENV_KWARGS = {"obs_mode": "rgb", "image_size": (64, 64)}
 EARLY, LATE = 10, 400
 
 
-def _observations(num_envs: int, steps: int) -> list[dict[str, torch.Tensor]]:
+def _observations(num_envs: int, steps: int, env_kwargs: dict) -> list[dict[str, torch.Tensor]]:
     """Real observations of a random-action run, with the episode step set to the one acted."""
-    env = cmdp.make(ENV_ID, num_envs=num_envs, seed=0, **ENV_KWARGS)
+    env = cmdp.make(ENV_ID, num_envs=num_envs, seed=0, **env_kwargs)
     obs, _ = env.reset(seed=0)
     rng = np.random.default_rng(0)
     frames = []
@@ -65,7 +65,7 @@ def _observations(num_envs: int, steps: int) -> list[dict[str, torch.Tensor]]:
 
 def acting_times(policy: VLAPolicy, num_envs: int, repeats: int) -> dict[str, float]:
     steps = LATE + 3
-    obs = _observations(num_envs, steps)
+    obs = _observations(num_envs, steps, policy.env_kwargs)
     wall = {EARLY: [], LATE: []}
     cpu = {EARLY: [], LATE: []}
     with torch.no_grad():
@@ -93,11 +93,11 @@ def acting_times(policy: VLAPolicy, num_envs: int, repeats: int) -> dict[str, fl
     return result
 
 
-def training_rate(num_envs: int, epochs: int) -> dict[str, float]:
+def training_rate(num_envs: int, epochs: int, env_kwargs: dict) -> dict[str, float]:
     algo = PPOLag(
         ENV_ID, cost_limit=2.3, seed=0, run_dir=False, network="vla", num_envs=num_envs,
         steps_per_epoch=128 * num_envs, update_epochs=4, minibatch_size=512, progress_bar=False,
-        env_kwargs=ENV_KWARGS,
+        env_kwargs=env_kwargs,
     )  # fmt: skip
     per_epoch = algo.config.steps_per_epoch
     algo.learn(per_epoch)  # warm-up
@@ -166,6 +166,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--il-eval", type=Path, nargs="*", default=[], help="il_eval.json files to tabulate")
     parser.add_argument("--no-speed", action="store_true", help="only the IL table")
+    parser.add_argument("--detection", action="store_true",
+                        help="observations with the target boxes (the env's detection option), as the shipped IL policy reads")
     args = parser.parse_args()
     if args.il_eval:
         publish(il_table(args.il_eval), args.out, "vla_il", "Imitation-learned VLA policy")
@@ -173,7 +175,8 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    probe = cmdp.make(ENV_ID, num_envs=1, seed=0, **ENV_KWARGS)
+    env_kwargs = ENV_KWARGS | {"detection": args.detection}
+    probe = cmdp.make(ENV_ID, num_envs=1, seed=0, **env_kwargs)
     policy = VLAPolicy(probe.observation_space, probe.action_space, probe.num_costs)
     probe.close()
     policy.eval()
@@ -183,7 +186,7 @@ def main() -> None:
     ratio_wall = act[f"wall_{LATE}"] / act[f"wall_{EARLY}"]
     ratio_cpu = act[f"cpu_{LATE}"] / act[f"cpu_{EARLY}"]
     print(f"acting ({args.envs} envs): {act}  ratio wall {ratio_wall:.2f} cpu {ratio_cpu:.2f}", flush=True)
-    train = training_rate(args.envs, args.train_epochs)
+    train = training_rate(args.envs, args.train_epochs, env_kwargs)
     print(f"training: {train}", flush=True)
     load_after = os.getloadavg()[0]
     met = "met" if ratio_cpu <= 1.3 else "NOT met"
@@ -191,8 +194,9 @@ def main() -> None:
         machine_line() + f" Load average {load_before:.1f} before, {load_after:.1f} after (2 cores shared).",
         "",
         f"VLA policy, default `VLAConfig` ({params:,} parameters: d_model 128, 2 layers, 4 heads, context 64), "
-        f"{args.envs} envs per `act` call, `SafetyChores-Fetch-v0` rgb 64x64. Command: "
-        f"`python benchmarks/vla_speed.py --envs {args.envs} --repeats {args.repeats} --train-epochs {args.train_epochs}`.",
+        f"{args.envs} envs per `act` call, `SafetyChores-Fetch-v0` rgb 64x64{' with the target boxes (detection)' if args.detection else ''}. "
+        f"Command: `python benchmarks/vla_speed.py --envs {args.envs} --repeats {args.repeats} --train-epochs {args.train_epochs}"
+        f"{' --detection' if args.detection else ''}`.",
         "",
         f"| acting (batch of {args.envs}) | step {EARLY} | step {LATE} | ratio {LATE}/{EARLY} |",
         "|---|---:|---:|---:|",
