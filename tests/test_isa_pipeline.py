@@ -154,13 +154,12 @@ def test_assurance_report_of_the_fine_tunes_has_the_required_fields(fine_tunes, 
 
 def test_align_runs_every_stage_and_writes_them(fine_tunes, tmp_path):
     start = fine_tunes[2]
-    result = align(
+    result = align(  # the 32x32 cameras come from the policy, not from an argument
         start,
         "PickUp",
         cost_limit=0.1,
         solver="PIDLag",
         total_steps=1024,
-        image_size=(32, 32),
         elicit_options=dict(iterations=1, population=2, episodes_per_candidate=1, num_specs=4),
         assure_options=dict(episodes=4, num_envs=4, gifs=0, progress=False),
         out_dir=tmp_path,
@@ -172,4 +171,5 @@ def test_align_runs_every_stage_and_writes_them(fine_tunes, tmp_path):
     assert set(result.seconds) == {"elicit", "constrain", "assure"}
     written = json.loads((tmp_path / "model.json").read_text())
     assert written["cost_limit"] == dict.fromkeys(COST_NAMES, 0.1)
+    assert tuple(written["image_size"]) == (32, 32) and written["detection"] is False
     assert (tmp_path / "elicitation.json").exists() and (tmp_path / "assure" / "assurance.json").exists()

@@ -312,9 +312,9 @@ def align(
     solver: str = "PPOLag",
     total_steps: int = 50_000,
     *,
-    obs_mode: str = "rgb",
-    image_size: tuple[int, int] = (64, 64),
-    detection: bool = False,
+    obs_mode: str | None = None,
+    image_size: tuple[int, int] | None = None,
+    detection: bool | None = None,
     elicit: bool = True,
     elicit_options: Mapping[str, Any] | None = None,
     episode_mix: float = 0.3,
@@ -330,15 +330,20 @@ def align(
 
     ``cost_limit`` is the per-episode limit of each cost component, as in :func:`model`: one
     number for all five, a list of five, or a mapping naming all five. ``obs_mode``,
-    ``image_size`` and ``detection`` describe the observations (for a VLA policy:
-    ``**policy.env_kwargs``).
+    ``image_size`` and ``detection`` describe the observations; each one left out is taken from
+    the policy (a VLA policy's ``env_kwargs``: the observations it was built for), else rgb,
+    64x64, no detection.
 
     With ``out_dir`` the stages write there: ``model.json``, ``elicitation.json``, the solver's
     run directory ``constrain/`` and the report ``assure/``."""
     root = Path(out_dir) if out_dir is not None else None
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
-    result = ISAResult(model(task, cost_limit, obs_mode, image_size, detection))
+    reads = {"obs_mode": "rgb", "image_size": (64, 64), "detection": False}
+    reads |= getattr(getattr(policy, "policy", policy), "env_kwargs", None) or {}  # a trained solver holds its network
+    given = {"obs_mode": obs_mode, "image_size": image_size, "detection": detection}
+    reads |= {key: value for key, value in given.items() if value is not None}
+    result = ISAResult(model(task, cost_limit, reads["obs_mode"], tuple(reads["image_size"]), reads["detection"]))
     if root is not None:
         (root / "model.json").write_text(json.dumps(result.cmdp.to_dict(), indent=2))
     specs = None
