@@ -140,7 +140,7 @@ def il_table(paths: list[Path]) -> str:
         report = json.loads(path.read_text())
         task, split = report["il_policy"].get("task", report["expert"]["task"]), report["split"]
         stages = report.get("stages") or [{"stage": "bc", **report["bc"]}]
-        name = " + ".join(s["stage"] for s in stages)
+        name = " + ".join(s["stage"] for s in stages) + (", target boxes" if report.get("detection") else "")
         rows.append((f"IL policy ({name})", report["il_policy"]))
     expert = expert_on(task, split)
     names = list(expert["ep_costs"])

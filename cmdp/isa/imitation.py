@@ -1165,7 +1165,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         held_out = f", held out: loss {stage['val_loss']:.3f}, accuracy {stage['val_accuracy']:.3f}" if "val_loss" in stage else ""
         print(f"{stage['stage']}: final loss {stage['loss']:.3f}, accuracy {stage['accuracy']:.3f}{held_out}", flush=True)
     result = evaluate_policy(policy, args.task, split=args.eval_split, episodes=args.eval_episodes, seed=args.seed + 1)
-    report = {"expert": stats, "stages": stages, "il_policy": result, "split": args.eval_split}
+    report = {"expert": stats, "stages": stages, "il_policy": result, "split": args.eval_split, "detection": args.detection}
     write_json(out / "il_eval.json", report)
     print(f"IL policy on {args.task} ({args.eval_split}): {json.dumps(result)}", flush=True)
     return report
