@@ -308,3 +308,17 @@ def test_training_with_the_vla_resumes_exactly(tmp_path):
     assert straight.solver_state() == resumed.solver_state()
     with pytest.raises(CheckpointError, match="do not fit"):
         PPOLag.load(tmp_path / "b" / "checkpoint.pt", policy=tiny_policy(d_model=16))
+
+
+def test_the_shipped_il_policy_loads_strictly_and_finds_targets_on_its_own_observations():
+    from pathlib import Path
+
+    from cmdp.isa.imitation import evaluate_policy
+
+    policy = VLAPolicy.from_pretrained(Path(__file__).parents[1] / "examples" / "assets" / "il_fetch" / "vla.pt")
+    assert policy.env_kwargs == {"obs_mode": "rgb", "image_size": (64, 64), "detection": True}
+    result = evaluate_policy(policy, "Fetch", episodes=16, num_envs=8, max_episode_steps=250, seed=0)
+    assert result["episodes"] == 16
+    # measured: 6 and 8 successes of these 16 episodes within 250 steps (seeds 0 and 1), where the
+    # earlier blind IL policy had 1 and 0; a policy that stops reading its boxes falls below 4
+    assert result["success_rate"] >= 0.25, result
