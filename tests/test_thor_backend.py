@@ -325,9 +325,8 @@ class ReplayController:
 
 def make_replay_env(task: str = "Fetch", **kwargs) -> ThorChoresEnv:
     kwargs.setdefault("target_types", ("Mug",))
-    return cmdp.make(
-        f"SafetyChoresThor-{task}-v0", seed=3, houses_dir=HOUSES, controller_factory=ReplayController, **kwargs
-    )
+    kwargs.setdefault("controller_factory", ReplayController)
+    return cmdp.make(f"SafetyChoresThor-{task}-v0", seed=3, houses_dir=HOUSES, **kwargs)
 
 
 def recorded_actions() -> np.ndarray:
@@ -514,3 +513,91 @@ def test_observations_and_actions_match_the_built_in_simulator():
     assert thor.max_episode_steps == builtin.max_episode_steps == 600
     thor.close()
     builtin.close()
+
+
+# ---- detection: target boxes from instance segmentation -----------------------------------------
+
+MUG = "Mug|2|0|4"  # the recording's target
+COLORS = {MUG: (10, 200, 30), "Mug|9|9|9": (11, 200, 30), "CounterTop|1|0": (250, 1, 2)}
+
+
+def painted(rects: dict[str, list[tuple[int, int, int, int]]]) -> np.ndarray:
+    """A 224x396 instance segmentation frame: each object's rectangles (x0, y0, x1, y1, pixel
+    edges) in its colour of COLORS, black elsewhere."""
+    frame = np.zeros((224, 396, 3), dtype=np.uint8)
+    for object_id, boxes in rects.items():
+        for x0, y0, x1, y1 in boxes:
+            frame[y0:y1, x0:x1] = COLORS[object_id]
+    return frame
+
+
+def test_segmentation_box_is_the_box_of_the_target_colours_after_the_crop():
+    from cmdp.envs.thor.env import segmentation_box
+
+    cut, width = 6, 384  # SafeVLA's crop: 6 of 396 pixels off each side
+    frame = painted({MUG: [(106, 50, 206, 100), (300, 10, 320, 20)], "CounterTop|1|0": [(0, 0, 396, 5), (330, 0, 396, 224)]})
+    box = segmentation_box(frame, COLORS, [MUG, "Mug|9|9|9"])
+    expected = [1.0, (106 - cut) / width, 10 / 224, (320 - cut) / width, 100 / 224]
+    np.testing.assert_allclose(box, expected, rtol=0, atol=1e-7)
+    assert box.dtype == np.float32
+    # a colour one unit away is another object; the cropped margin is not in the camera image
+    np.testing.assert_array_equal(segmentation_box(painted({"Mug|9|9|9": [(106, 50, 206, 100)]}), COLORS, [MUG]), np.zeros(5))
+    np.testing.assert_array_equal(segmentation_box(painted({MUG: [(0, 0, 6, 224), (390, 0, 396, 224)]}), COLORS, [MUG]), np.zeros(5))
+    np.testing.assert_array_equal(segmentation_box(None, COLORS, [MUG]), np.zeros(5))
+    np.testing.assert_array_equal(segmentation_box(frame, COLORS, ["Mug|0|0|0"]), np.zeros(5))  # no colour: not rendered
+
+
+class SegmentingReplay(ReplayController):
+    """The replay with the segmentation frames AI2-THOR renders: the target in the navigation
+    camera's centre from step 5 on, in the manipulation camera never."""
+
+    def _record(self, rec: dict) -> ThorStep:
+        record = super()._record(rec)
+        record.nav_segmentation = painted({MUG: [(198, 100, 258, 140)]} if self.cursor >= 5 else {})
+        record.manip_segmentation = painted({"CounterTop|1|0": [(0, 0, 396, 224)]})
+        record.object_colors = COLORS
+        return record
+
+
+def test_detection_adds_the_target_boxes_to_the_replayed_observations():
+    from cmdp.envs.chores.env import BOX_KEYS
+
+    env = make_replay_env(controller_factory=SegmentingReplay, detection=True, obs_mode="rgb")
+    builtin = cmdp.make("SafetyChores-Fetch-v0", obs_mode="rgb", detection=True, max_episode_steps=500)
+    assert env.observation_space == builtin.observation_space and set(BOX_KEYS) <= set(env.observation_space)
+    builtin.close()
+    obs, _ = env.reset()
+    assert not obs["nav_target_box"].any() and not obs["manip_target_box"].any()
+    for t, a in enumerate(recorded_actions()[:6], start=1):
+        obs, *_ = env.step(np.array([a]))
+        assert env.observation_space.contains({k: v[0] for k, v in obs.items()})
+        expected = [1.0, 192 / 384, 100 / 224, 252 / 384, 140 / 224] if t >= 5 else [0.0] * 5
+        np.testing.assert_allclose(obs["nav_target_box"][0], expected, atol=1e-7)
+        assert not obs["manip_target_box"].any()
+    env.close()
+    plain = make_replay_env()
+    assert not set(BOX_KEYS) & set(plain.observation_space)
+    plain.close()
+    with pytest.raises(ConfigError, match="obs_mode must be 'rgb'"):
+        make_replay_env(obs_mode="state")
+    with pytest.raises(ConfigError, match="detection must be True or False"):
+        make_replay_env(detection="yes")
+
+
+def test_the_controller_records_the_segmentation_of_both_cameras_with_detection():
+    from types import SimpleNamespace
+
+    from cmdp.envs.thor.controller import StretchController
+
+    nav, manip = painted({MUG: [(10, 10, 20, 20)]}), painted({})
+    event = SimpleNamespace(
+        metadata={"lastActionSuccess": True}, frame=synthetic_frame(0), third_party_camera_frames=[synthetic_frame(1)],
+        instance_segmentation_frame=nav, third_party_instance_segmentation_frames=[manip], object_id_to_color=COLORS,
+    )  # fmt: skip
+    controller = object.__new__(StretchController)  # no Unity: only the event-to-record step
+    controller.settings = ThorSettings(task="Fetch", houses_dir=str(HOUSES), detection=True)
+    record = controller._record(event, ("a",))
+    assert record.nav_segmentation is nav and record.manip_segmentation is manip and record.object_colors is COLORS
+    controller.settings = ThorSettings(task="Fetch", houses_dir=str(HOUSES))
+    record = controller._record(event, ())
+    assert record.nav_segmentation is None and record.manip_segmentation is None and not record.object_colors

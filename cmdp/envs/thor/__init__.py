@@ -34,10 +34,12 @@ server; this backend does neither at run time, so prepare both on a machine with
    Each env runs its own Unity process (``vectorization="subproc"``, restarted when it
    crashes). Options are the fields of :class:`~cmdp.envs.thor.controller.ThorSettings`:
    ``split="eval"`` (600-step horizon), ``target_types``, ``dangerous_types``, ``gpu_device``,
-   ``platform``, ``quick_navigation``, ``extra_controller_args``, ...
+   ``platform``, ``quick_navigation``, ``detection=True`` (the target boxes, from instance
+   segmentation), ``extra_controller_args``, ...
 
 The observations, actions, costs and ``info`` keys are those of the built-in simulator's
-``obs_mode="rgb"`` (``SafetyChores-*-v0``), so a policy trained on one runs on the other. The
+``obs_mode="rgb"`` (``SafetyChores-*-v0``), so a policy trained on one runs on the other
+(``cmdp.make("SafetyChoresThor-Fetch-v0", houses_dir=..., **vla_policy.env_kwargs)``). The
 cost layer is the same (:mod:`cmdp.envs.chores.costs`), fed from AI2-THOR's event metadata
 (:mod:`cmdp.envs.thor.metadata`).
 """

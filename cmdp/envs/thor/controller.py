@@ -95,6 +95,12 @@ class ThorSettings:
     """Horizon in steps; ``None`` takes the split's."""
     image_size: tuple[int, int] = (64, 64)
     """(height, width) of ``rgb_nav`` and ``rgb_manip`` after the crop to 384x224, at most (224, 384)."""
+    obs_mode: str = "rgb"
+    """Only ``"rgb"``: taken so that a VLA policy's ``env_kwargs`` make this env as they make
+    the built-in one."""
+    detection: bool = False
+    """Add the target boxes (``nav_target_box``, ``manip_target_box``), as the built-in
+    simulator's ``detection=True``, from AI2-THOR's instance segmentation of each camera."""
     target_types: tuple[str, ...] = DEFAULT_TARGET_TYPES
     """AI2-THOR object types an episode may target (exact types)."""
     dangerous_types: tuple[str, ...] = tuple(DANGEROUS_TYPES)
@@ -157,6 +163,13 @@ class ThorSettings:
                 f"{MAX_IMAGE_SIZE[0]} and {MIN_IMAGE_SIDE} <= width <= {MAX_IMAGE_SIZE[1]}, got {self.image_size!r}"
             )
         object.__setattr__(self, "image_size", size)
+        if self.obs_mode != "rgb":
+            raise ConfigError(
+                f"{name}: obs_mode must be 'rgb', got {self.obs_mode!r}: AI2-THOR renders camera images; "
+                "state observations are the built-in simulator's (SafetyChores-*-v0)"
+            )
+        if not isinstance(self.detection, bool):
+            raise ConfigError(f"{name}: detection must be True or False, got {self.detection!r}")
         for what in ("target_types", "dangerous_types"):
             value = getattr(self, what)
             if isinstance(value, str) or not all(isinstance(t, str) and t for t in value):
@@ -288,6 +301,12 @@ class ThorStep:
     """``event.frame``: ``[224, 396, 3]`` uint8 from the navigation camera, uncropped."""
     manip_frame: np.ndarray | None = None
     """``event.third_party_camera_frames[0]``: the manipulation camera, uncropped."""
+    nav_segmentation: np.ndarray | None = None
+    """With ``detection``: ``event.instance_segmentation_frame``, one colour per object."""
+    manip_segmentation: np.ndarray | None = None
+    """With ``detection``: ``event.third_party_instance_segmentation_frames[0]``."""
+    object_colors: Mapping[str, Any] = field(default_factory=dict)
+    """With ``detection``: ``event.object_id_to_color``, object id -> its (r, g, b) in both."""
 
 
 # ---- actions ----------------------------------------------------------------------------------
@@ -371,7 +390,13 @@ class StretchController:
 
     def _record(self, event: Any, seen: tuple[str, ...]) -> ThorStep:
         manip = event.third_party_camera_frames[0] if event.third_party_camera_frames else None
-        return ThorStep(dict(event.metadata), seen, event.frame, manip)
+        record = ThorStep(dict(event.metadata), seen, event.frame, manip)
+        if self.settings.detection:
+            segmentations = event.third_party_instance_segmentation_frames
+            record.nav_segmentation = event.instance_segmentation_frame
+            record.manip_segmentation = segmentations[0] if segmentations else None
+            record.object_colors = event.object_id_to_color
+        return record
 
     def _seen_now(self) -> tuple[str, ...]:
         self._seen = tuple(self.visible_object_ids(SEEN_DISTANCE))

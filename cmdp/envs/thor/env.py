@@ -22,7 +22,9 @@ The horizon (500 steps, 600 for ``split="eval"``) truncates.
 Observations are those of the built-in simulator's ``obs_mode="rgb"``: ``rgb_nav`` and
 ``rgb_manip`` (the 396x224 frames cropped to 384x224 as SafeVLA, then resized to
 ``image_size``), ``instruction`` (token ids), ``holding`` (0/1), ``last_action``
-(``catalog.NO_ACTION`` before the first step) and ``time_step``.
+(``catalog.NO_ACTION`` before the first step) and ``time_step``; with ``detection=True`` also
+the target boxes of :data:`~cmdp.envs.chores.env.BOX_KEYS`, from each camera's instance
+segmentation (:func:`segmentation_box`).
 
 :class:`ThorChoresEnv` runs N single envs through :func:`cmdp.core.gym_adapter.from_env_fns`:
 one worker process per controller (``vectorization="subproc"``, the default for N > 1, with
@@ -39,7 +41,7 @@ import gzip
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -117,11 +119,32 @@ def camera_image(frame: np.ndarray | None, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(crop).resize((w, h), Image.BILINEAR), dtype=np.uint8)
 
 
+def segmentation_box(segmentation: np.ndarray | None, object_colors: Mapping[str, Any], target_ids: Sequence[str]) -> np.ndarray:
+    """The built-in simulator's target box (:func:`cmdp.envs.chores.env.target_boxes`: float32
+    ``(seen, x_min, y_min, x_max, y_max)`` as fractions of the image) from an AI2-THOR instance
+    segmentation frame, cropped as :func:`camera_image` crops the camera: the box of the pixels
+    whose colour is that of one of ``target_ids`` in ``object_colors`` (``event.object_id_to_color``).
+    All zeros when no target pixel is in view or the frame is missing."""
+    from cmdp.envs.chores.env import target_boxes
+
+    colors = [object_colors[i] for i in target_ids if i in object_colors]
+    if segmentation is None or not colors:
+        return np.zeros(5, dtype=np.float32)
+    frame = np.asarray(segmentation)
+    cut = round(frame.shape[1] * CROP_FRACTION)
+    pixels = frame[:, cut : frame.shape[1] - cut, :3].astype(np.int32)
+    codes = (pixels[..., 0] << 16) | (pixels[..., 1] << 8) | pixels[..., 2]
+    wanted = [(int(r) << 16) | (int(g) << 8) | int(b) for r, g, b in colors]
+    pixel_ids = np.where(np.isin(codes, wanted), 0, -1)[None]  # object 0: "a target"
+    return target_boxes(pixel_ids, np.ones((1, 1), dtype=bool))[0]
+
+
 def observation_space(settings: ThorSettings) -> gym.spaces.Dict:
-    """The built-in simulator's ``obs_mode="rgb"`` space, at ``settings.image_size``."""
+    """The built-in simulator's ``obs_mode="rgb"`` space, at ``settings.image_size`` (with the
+    target boxes when ``settings.detection``)."""
     from cmdp.envs.chores.env import rgb_observation_space
 
-    return rgb_observation_space(settings.image_size, settings.horizon)
+    return rgb_observation_space(settings.image_size, settings.horizon, settings.detection)
 
 
 # ---- one env ----------------------------------------------------------------------------------
@@ -263,7 +286,7 @@ class ThorChoresSingleEnv(gym.Env):
 
     def _observe(self, record: ThorStep) -> dict[str, Any]:
         size = self.settings.image_size
-        return {
+        obs = {
             "rgb_nav": camera_image(record.nav_frame, size),
             "rgb_manip": camera_image(record.manip_frame, size),
             "instruction": self._tokens.copy(),
@@ -271,6 +294,14 @@ class ThorChoresSingleEnv(gym.Env):
             "last_action": int(self._last_action),
             "time_step": np.array([self._t], dtype=np.int64),
         }
+        if self.settings.detection:
+            from cmdp.envs.chores.env import BOX_KEYS
+
+            # any object of the target type completes the task, so each one counts as the target
+            targets = [o["objectId"] for o in md.objects_of_type(record.metadata, self.target_type)]
+            for key, segmentation in zip(BOX_KEYS, (record.nav_segmentation, record.manip_segmentation)):
+                obs[key] = segmentation_box(segmentation, record.object_colors, targets)
+        return obs
 
     def close(self) -> None:
         controller, self.controller = getattr(self, "controller", None), None
