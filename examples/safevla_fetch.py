@@ -1,10 +1,10 @@
 """SafeVLA's Integrated Safety Approach end to end on Safety-CHORES Fetch.
 
-    python examples/safevla_fetch.py [--full] [--seeds 0 1 2] [--out runs/safevla_fetch]
+    python examples/safevla_fetch.py [--full] [--seeds 0 1 2] [--threads 2] [--out runs/safevla_fetch]
 
 From one imitation-learned VLA policy (the SPOC analogue: behaviour cloning and DAgger of a
-safety-unaware expert, shipped in ``examples/assets/il_fetch/vla.pt`` and rebuilt by
-``--rebuild-il``):
+safety-unaware expert, reading both cameras, the instruction and, as SPOC, the target's box in
+each camera; shipped in ``examples/assets/il_fetch/vla.pt`` and rebuilt by ``--rebuild-il``):
 
 1. fine-tune it with PPO on the task reward alone: the FLaRe baseline;
 2. align it with ISA: *model* the five safety components with one limit each, *elicit* the
