@@ -9,7 +9,7 @@ Policies
 --------
 Anything that chooses actions for a batch of :class:`~cmdp.envs.chores.env.ChoresEnv` envs
 satisfies the small :class:`Policy` protocol: a ``name``, the observation settings it needs
-(``env_kwargs``: ``obs_mode`` and ``image_size``), ``reset(num_envs, seed)`` before a run and
+(``env_kwargs``: ``obs_mode``, ``image_size``, ``detection``), ``reset(num_envs, seed)`` before a run and
 ``act(env, obs, episode_start) -> actions`` before every step. Built in: :class:`ExpertPolicy`
 (the shortest-path expert, unsafe as SPOC's or clearance-keeping), :class:`RandomPolicy`,
 :class:`AlgorithmPolicy` (any solver checkpoint: ``predict`` with the sequence state carried
@@ -139,7 +139,7 @@ def parse_suites(value: str | Sequence[str] | None) -> tuple[str, ...]:
 class Policy(Protocol):
     """What :func:`assure` evaluates.
 
-    ``env_kwargs``: the observation settings the policy needs (``obs_mode``, ``image_size``);
+    ``env_kwargs``: the observation settings the policy needs (``obs_mode``, ``image_size``, ``detection``);
     empty when it reads the env directly and any observation will do."""
 
     name: str
