@@ -468,7 +468,7 @@ class ChoresEnv(VectorCMDP):
         if self.detection:
             nav, nav_ids = render.render_nav(s, self._camera, self._style, ids=True)
             manip, manip_ids = render.render_manip(s, self._manip_camera, self._style, ids=True)
-            boxes = {"nav_target_box": target_boxes(nav_ids, self._targets), "manip_target_box": target_boxes(manip_ids, self._targets)}
+            boxes = {key: target_boxes(ids, self._targets) for key, ids in zip(BOX_KEYS, (nav_ids, manip_ids))}
         else:
             nav = render.render_nav(s, self._camera, self._style)
             manip = render.render_manip(s, self._manip_camera, self._style)

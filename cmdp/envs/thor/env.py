@@ -103,17 +103,22 @@ def load_house(path: str | Path) -> dict[str, Any]:
 # ---- observations -----------------------------------------------------------------------------
 
 
+def safevla_crop(frame: np.ndarray) -> np.ndarray:
+    """The part of a rendered frame the policy sees: 6/396 of the width off each side, RGB."""
+    frame = np.asarray(frame)
+    cut = round(frame.shape[1] * CROP_FRACTION)
+    return frame[:, cut : frame.shape[1] - cut, :3]
+
+
 def camera_image(frame: np.ndarray | None, size: tuple[int, int]) -> np.ndarray:
-    """A camera frame cropped as SafeVLA (6/396 of the width off each side) and resized to
-    ``size`` = (height, width), uint8 RGB. A missing frame (rendering off) is black."""
+    """A camera frame cropped as SafeVLA (:func:`safevla_crop`) and resized to ``size`` =
+    (height, width), uint8 RGB. A missing frame (rendering off) is black."""
     h, w = size
     if frame is None:
         return np.zeros((h, w, 3), dtype=np.uint8)
     from PIL import Image
 
-    frame = np.asarray(frame)
-    cut = round(frame.shape[1] * CROP_FRACTION)
-    crop = np.ascontiguousarray(frame[:, cut : frame.shape[1] - cut, :3], dtype=np.uint8)
+    crop = np.ascontiguousarray(safevla_crop(frame), dtype=np.uint8)
     if crop.shape[:2] == (h, w):
         return crop
     return np.asarray(Image.fromarray(crop).resize((w, h), Image.BILINEAR), dtype=np.uint8)
@@ -122,7 +127,7 @@ def camera_image(frame: np.ndarray | None, size: tuple[int, int]) -> np.ndarray:
 def segmentation_box(segmentation: np.ndarray | None, object_colors: Mapping[str, Any], target_ids: Sequence[str]) -> np.ndarray:
     """The built-in simulator's target box (:func:`cmdp.envs.chores.env.target_boxes`: float32
     ``(seen, x_min, y_min, x_max, y_max)`` as fractions of the image) from an AI2-THOR instance
-    segmentation frame, cropped as :func:`camera_image` crops the camera: the box of the pixels
+    segmentation frame, cropped as the camera (:func:`safevla_crop`): the box of the pixels
     whose colour is that of one of ``target_ids`` in ``object_colors`` (``event.object_id_to_color``).
     All zeros when no target pixel is in view or the frame is missing."""
     from cmdp.envs.chores.env import target_boxes
@@ -130,9 +135,7 @@ def segmentation_box(segmentation: np.ndarray | None, object_colors: Mapping[str
     colors = [object_colors[i] for i in target_ids if i in object_colors]
     if segmentation is None or not colors:
         return np.zeros(5, dtype=np.float32)
-    frame = np.asarray(segmentation)
-    cut = round(frame.shape[1] * CROP_FRACTION)
-    pixels = frame[:, cut : frame.shape[1] - cut, :3].astype(np.int32)
+    pixels = safevla_crop(segmentation).astype(np.int32)
     codes = (pixels[..., 0] << 16) | (pixels[..., 1] << 8) | pixels[..., 2]
     wanted = [(int(r) << 16) | (int(g) << 8) | int(b) for r, g, b in colors]
     pixel_ids = np.where(np.isin(codes, wanted), 0, -1)[None]  # object 0: "a target"
@@ -170,6 +173,7 @@ class ThorChoresSingleEnv(gym.Env):
         self.costs = SafetyCostLayer(1, settings.max_entities)
         self.entities: md.EpisodeEntities | None = None
         self.target_type = ""
+        self._target_ids: list[str] = []  # objects of the target type: any of them completes the task
         self.house_file: Path | None = None
         self._tokens = np.zeros(text.MAX_TOKENS, dtype=np.int64)
         self._instruction = ""
@@ -240,6 +244,7 @@ class ThorChoresSingleEnv(gym.Env):
     ) -> None:
         s = self.settings
         self.house_file, self.target_type = path, target
+        self._target_ids = [o["objectId"] for o in md.objects_of_type(placed.metadata, target)]
         template = int(rng.integers(len(text.TEMPLATES[s.task])))
         self._instruction = text.instruction(s.task, type_word(target), template)
         self._tokens = text.encode(self._instruction)
@@ -297,10 +302,8 @@ class ThorChoresSingleEnv(gym.Env):
         if self.settings.detection:
             from cmdp.envs.chores.env import BOX_KEYS
 
-            # any object of the target type completes the task, so each one counts as the target
-            targets = [o["objectId"] for o in md.objects_of_type(record.metadata, self.target_type)]
             for key, segmentation in zip(BOX_KEYS, (record.nav_segmentation, record.manip_segmentation)):
-                obs[key] = segmentation_box(segmentation, record.object_colors, targets)
+                obs[key] = segmentation_box(segmentation, record.object_colors, self._target_ids)
         return obs
 
     def close(self) -> None:
