@@ -35,8 +35,12 @@ frozen; torch is seeded identically before the episodes. Actions are sampled fro
 (the optimum of a CMDP is in general stochastic, and cmdp evaluates that way) and, as a second
 figure, taken deterministically at the mean (OmniSafe's evaluator does that).
 
-Each finished run writes ``<results-dir>/<library>-<solver>.json``; a killed benchmark run
-again skips the runs whose JSON matches the current settings. ``--out`` writes the table into
+``--seeds 0 1 2`` repeats every run with each seed (the env's and torch's); the table then gives
+the median throughput over seeds and EpRet / EpCost as mean ± std over seeds (each seed's value
+being the mean over its evaluation episodes), and the targets are judged on those means.
+
+Each finished run writes ``<results-dir>/<library>-<solver>-seed<seed>.json``; a killed benchmark
+run again skips the runs whose JSON matches the current settings. ``--out`` writes the table into
 that Markdown file (section key ``omnisafe``) with date, machine, command and versions.
 """
 
@@ -296,12 +300,13 @@ def worker_main(args: argparse.Namespace) -> None:
 # ---- the driver ----------------------------------------------------------------------------
 
 
-def run_order(pairs: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
-    """Alternate libraries, flipping which goes first from one pair to the next."""
+def run_order(pairs: tuple[tuple[str, str], ...], seeds: tuple[int, ...] = (0,)) -> list[tuple[str, str, int]]:
+    """Seed by seed, alternate libraries, flipping which goes first from one pair to the next."""
     order = []
-    for i, (theirs, ours) in enumerate(pairs):
-        pair = [("omnisafe", theirs), ("cmdp", ours)]
-        order += pair if i % 2 == 0 else pair[::-1]
+    for seed in seeds:
+        for theirs, ours in pairs:
+            pair = [("omnisafe", theirs, seed), ("cmdp", ours, seed)]
+            order += pair if len(order) % 4 == 0 else pair[::-1]
     return order
 
 
@@ -330,17 +335,84 @@ def envs_phrase(num_envs: int) -> str:
     return f"{num_envs} envs in worker processes (safety-gymnasium's async vector env, cmdp's SubprocVectorCMDP)"
 
 
-def build_table(results: dict[tuple[str, str], dict], settings: Settings, command: str) -> str:
+Results = dict[tuple[str, str, int], dict]
+"""Finished runs keyed by (library, solver, seed)."""
+
+
+@dataclass(frozen=True)
+class PairSummary:
+    """One OmniSafe / cmdp solver pair over the seeds both libraries finished."""
+
+    theirs: str
+    ours: str
+    seeds: tuple[int, ...]
+    steps_per_s: tuple[float, float]  # median over seeds, (OmniSafe, cmdp)
+    steps_per_cpu_s: tuple[float, float]
+    sampled: tuple[tuple[float, float, float, float], ...]  # per library: return mean, std, cost mean, std
+    deterministic: tuple[tuple[float, float, float, float], ...]
+
+    @property
+    def wall_ratio(self) -> float:
+        return self.steps_per_s[1] / self.steps_per_s[0]
+
+    @property
+    def cpu_ratio(self) -> float:
+        return self.steps_per_cpu_s[1] / self.steps_per_cpu_s[0]
+
+
+def summarize_pairs(results: Results, seeds: tuple[int, ...]) -> list[PairSummary]:
+    """Aggregate each pair over the seeds at which both of its runs finished (no pair: no row)."""
+    summaries = []
+    for theirs, ours in PAIRS:
+        done = tuple(s for s in seeds if ("omnisafe", theirs, s) in results and ("cmdp", ours, s) in results)
+        if not done:
+            continue
+        runs = [[results[(lib, name, s)] for s in done] for lib, name in (("omnisafe", theirs), ("cmdp", ours))]
+
+        def median(key: str) -> tuple[float, float]:
+            return tuple(statistics.median(r[key] for r in lib_runs) for lib_runs in runs)
+
+        def spread(kind: str) -> tuple[tuple[float, float, float, float], ...]:
+            out = []
+            for lib_runs in runs:
+                ret = np.array([r[kind]["ep_return"] for r in lib_runs])
+                cost = np.array([r[kind]["ep_cost"] for r in lib_runs])
+                out.append((float(ret.mean()), float(ret.std()), float(cost.mean()), float(cost.std())))
+            return tuple(out)
+
+        summaries.append(
+            PairSummary(
+                theirs=theirs,
+                ours=ours,
+                seeds=done,
+                steps_per_s=median("env_steps_per_s"),
+                steps_per_cpu_s=median("env_steps_per_cpu_s"),
+                sampled=spread("eval_sampled"),
+                deterministic=spread("eval_deterministic"),
+            )
+        )
+    return summaries
+
+
+def _ret_cost(values: tuple[float, float, float, float], seeds: int) -> str:
+    ret, ret_std, cost, cost_std = values
+    if seeds == 1:
+        return f"{ret:.2f} / {cost:.1f}"
+    return f"{ret:.2f} ± {ret_std:.2f} / {cost:.1f} ± {cost_std:.1f}"
+
+
+def build_table(results: Results, settings: Settings, command: str, seeds: tuple[int, ...] = (0,)) -> str:
     from report import machine_line  # benchmarks/report.py, beside this script
 
     loads = [r[k] for r in results.values() for k in ("load_at_start", "load_at_end")]
+    seed_phrase = f"seed {seeds[0]}" if len(seeds) == 1 else "seeds " + ", ".join(map(str, seeds))
     lines = [
         machine_line(torch_threads=max((r.get("torch_threads", 1) for r in results.values()), default=1)),
         "",
         f"Command: `{command}` (with the peer env's python, built by `bash benchmarks/peers/setup_omnisafe.sh`). "
         f"Versions: {versions()}.",
         "",
-        f"`{settings.env_id}`, {settings.steps:,} env steps per solver, seed {settings.seed}, "
+        f"`{settings.env_id}`, {settings.steps:,} env steps per solver, {seed_phrase}, "
         f"{settings.steps_per_epoch:,} steps per epoch, {envs_phrase(settings.num_envs)}, "
         f"networks {list(settings.hidden_sizes)} {settings.activation}, cost limit {settings.cost_limit:g}, one torch "
         f"thread per run; other settings are each library's defaults. Runs alternated between the libraries.",
@@ -353,31 +425,30 @@ def build_table(results: dict[tuple[str, str], dict], settings: Settings, comman
         f"Evaluation: the final policy plays {settings.eval_episodes} episodes on seeds {EVAL_SEED}.."
         f"{EVAL_SEED + settings.eval_episodes - 1}, the same for every run, with a frozen observation normaliser; "
         f"EpRet / EpCost with actions sampled from the policy, and taken at its mean (deterministic) in the "
-        f"last column.",
+        f"last column."
+        + (
+            ""
+            if len(seeds) == 1
+            else " Throughput: median over seeds. EpRet / EpCost: mean ± std over seeds of each seed's "
+            "mean over its evaluation episodes."
+        ),
         "",
         "| OmniSafe / cmdp solver | wall env-steps/s OmniSafe / cmdp | ratio | CPU env-steps/s OmniSafe / cmdp "
         "| ratio | EpRet / EpCost OmniSafe | EpRet / EpCost cmdp | deterministic OmniSafe; cmdp |",
         "|---|---:|---:|---:|---:|---|---|---|",
     ]
-    wall_ratios, cpu_ratios = [], []
-    for theirs, ours in PAIRS:
-        a, b = results.get(("omnisafe", theirs)), results.get(("cmdp", ours))
-        if a is None or b is None:
-            continue
-        wall = b["env_steps_per_s"] / a["env_steps_per_s"]
-        cpu = b["env_steps_per_cpu_s"] / a["env_steps_per_cpu_s"]
-        wall_ratios.append(wall)
-        cpu_ratios.append(cpu)
-        sa, sb = a["eval_sampled"], b["eval_sampled"]
-        da, db = a["eval_deterministic"], b["eval_deterministic"]
+    summaries = summarize_pairs(results, seeds)
+    for p in summaries:
+        n = len(p.seeds)
+        seeds_note = "" if n == len(seeds) else f" ({n} of {len(seeds)} seeds)"
         lines.append(
-            f"| {theirs} / {ours} | {a['env_steps_per_s']:,.0f} / {b['env_steps_per_s']:,.0f} | **{wall:.2f}x** "
-            f"| {a['env_steps_per_cpu_s']:,.0f} / {b['env_steps_per_cpu_s']:,.0f} | **{cpu:.2f}x** "
-            f"| {sa['ep_return']:.2f} / {sa['ep_cost']:.1f} | {sb['ep_return']:.2f} / {sb['ep_cost']:.1f} "
-            f"| {da['ep_return']:.2f} / {da['ep_cost']:.1f}; {db['ep_return']:.2f} / {db['ep_cost']:.1f} |"
+            f"| {p.theirs} / {p.ours}{seeds_note} | {p.steps_per_s[0]:,.0f} / {p.steps_per_s[1]:,.0f} "
+            f"| **{p.wall_ratio:.2f}x** | {p.steps_per_cpu_s[0]:,.0f} / {p.steps_per_cpu_s[1]:,.0f} "
+            f"| **{p.cpu_ratio:.2f}x** | {_ret_cost(p.sampled[0], n)} | {_ret_cost(p.sampled[1], n)} "
+            f"| {_ret_cost(p.deterministic[0], n)}; {_ret_cost(p.deterministic[1], n)} |"
         )
-    if wall_ratios:
-        lines += ["", *verdict(results, settings, wall_ratios, cpu_ratios)]
+    if summaries:
+        lines += ["", *verdict(summaries, settings, seeds)]
     published = ", ".join(f"{k} {r:g} / {c:g}" for k, (r, c) in PUBLISHED.items())
     lines += [
         "",
@@ -386,17 +457,15 @@ def build_table(results: dict[tuple[str, str], dict], settings: Settings, comman
     return "\n".join(lines)
 
 
-def verdict(results: dict, settings: Settings, wall_ratios: list[float], cpu_ratios: list[float]) -> list[str]:
-    """The issue's targets, each said plainly as met or not, from the measured numbers."""
-    pairs = [
-        (results[("omnisafe", a)], results[("cmdp", b)])
-        for a, b in PAIRS
-        if ("omnisafe", a) in results and ("cmdp", b) in results
-    ]
-    wall, cpu = statistics.median(wall_ratios), statistics.median(cpu_ratios)
-    within = sum(b["eval_sampled"]["ep_cost"] <= settings.cost_limit for _, b in pairs)
-    theirs_within = sum(a["eval_sampled"]["ep_cost"] <= settings.cost_limit for a, _ in pairs)
-    no_worse = sum(b["eval_sampled"]["ep_return"] >= a["eval_sampled"]["ep_return"] for a, b in pairs)
+def verdict(summaries: list[PairSummary], settings: Settings, seeds: tuple[int, ...] = (0,)) -> list[str]:
+    """The issue's targets, each said plainly as met or not, from the measured numbers (seed means)."""
+    pairs = summaries
+    wall = statistics.median(p.wall_ratio for p in pairs)
+    cpu = statistics.median(p.cpu_ratio for p in pairs)
+    within = sum(p.sampled[1][2] <= settings.cost_limit for p in pairs)
+    theirs_within = sum(p.sampled[0][2] <= settings.cost_limit for p in pairs)
+    no_worse = sum(p.sampled[1][0] >= p.sampled[0][0] for p in pairs)
+    seed_words = "one seed" if len(seeds) == 1 else f"{len(seeds)} seeds"
 
     def met(ok: bool) -> str:
         return "met" if ok else "**not met**"
@@ -407,7 +476,7 @@ def verdict(results: dict, settings: Settings, wall_ratios: list[float], cpu_rat
         f"{settings.cost_limit:g}: cmdp {within} of {len(pairs)} solvers, OmniSafe {theirs_within} of {len(pairs)} "
         f"({met(within == len(pairs))}). EpRet no worse than OmniSafe's counterpart: {no_worse} of {len(pairs)} "
         f"({met(no_worse == len(pairs))}). Sampled-action evaluation; {settings.eval_episodes} episodes per policy, "
-        "one seed, so differences in EpRet and EpCost of a few units are within the noise."
+        f"{seed_words}, so differences in EpRet and EpCost of a few units are within the noise."
     ]
 
 
@@ -419,7 +488,7 @@ def main() -> None:
     parser.add_argument("--steps-per-epoch", type=int, default=20_000)
     parser.add_argument("--num-envs", type=int, default=2)
     parser.add_argument("--cost-limit", type=float, default=25.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per library, solver and seed")
     parser.add_argument("--eval-episodes", type=int, default=10)
     names = sorted({name for pair in PAIRS for name in pair})
     parser.add_argument(
@@ -437,52 +506,56 @@ def main() -> None:
         return
     if args.steps % args.steps_per_epoch or args.steps_per_epoch % args.num_envs:
         parser.error("--steps must be a multiple of --steps-per-epoch, and that a multiple of --num-envs")
+    seeds = tuple(dict.fromkeys(args.seeds))
     settings = Settings(
         steps=args.steps,
         steps_per_epoch=args.steps_per_epoch,
         num_envs=args.num_envs,
         cost_limit=args.cost_limit,
-        seed=args.seed,
+        seed=seeds[0],
         eval_episodes=args.eval_episodes,
     )
     args.results_dir = args.results_dir.resolve()
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[tuple[str, str], dict] = {}
+    results: Results = {}
     pairs = tuple(p for p in PAIRS if args.solvers is None or set(p) & set(args.solvers))
-    for library, solver in run_order(pairs):
-        path = args.results_dir / f"{library}-{solver}.json"
-        result = load_result(path, settings)
+    for library, solver, seed in run_order(pairs, seeds):
+        run_settings = Settings(**(asdict(settings) | {"seed": seed}))
+        path = args.results_dir / f"{library}-{solver}-seed{seed}.json"
+        result = load_result(path, run_settings)
         if result is None:
             log = path.with_suffix(".log")
-            print(f"[{time.strftime('%H:%M:%S')}] training {library} {solver} (log: {log})", flush=True)
+            print(f"[{time.strftime('%H:%M:%S')}] training {library} {solver} seed {seed} (log: {log})", flush=True)
             cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", f"{library}:{solver}"]
-            cmd += ["--result", str(path), "--settings", json.dumps(asdict(settings))]
+            cmd += ["--result", str(path), "--settings", json.dumps(asdict(run_settings))]
             with log.open("w") as out:
                 proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=args.results_dir)
             if proc.returncode != 0:
                 raise SystemExit(f"{library} {solver} failed (exit {proc.returncode}); see {log}")
             result = json.loads(path.read_text())
         else:
-            print(f"{library} {solver}: reusing {path}", flush=True)
-        results[(library, solver)] = result
+            print(f"{library} {solver} seed {seed}: reusing {path}", flush=True)
+        results[(library, solver, seed)] = result
         s = result["eval_sampled"]
         print(
-            f"  {library} {solver}: {result['env_steps_per_s']:,.0f} env-steps/s, "
+            f"  {library} {solver} seed {seed}: {result['env_steps_per_s']:,.0f} env-steps/s, "
             f"eval EpRet {s['ep_return']:.2f} EpCost {s['ep_cost']:.1f}",
             flush=True,
         )
         if args.out is not None:  # after every run, so that a long benchmark shows its rows as they come
-            write_table(args.out, args.section, results, settings)
-    print(write_table(args.out, args.section, results, settings))
+            write_table(args.out, args.section, results, settings, seeds)
+    print(write_table(args.out, args.section, results, settings, seeds))
 
 
-def write_table(out: Path | None, section: str, results: dict[tuple[str, str], dict], settings: Settings) -> str:
+def write_table(
+    out: Path | None, section: str, results: Results, settings: Settings, seeds: tuple[int, ...] = (0,)
+) -> str:
     from report import update_section  # benchmarks/report.py, beside this script
 
     command = "python benchmarks/omnisafe_side_by_side.py " + " ".join(
         shlex.quote(a) for a in sys.argv[1:] if not a.startswith(str(REPO))
     )
-    table = build_table(results, settings, command.strip())
+    table = build_table(results, settings, command.strip(), seeds)
     if out is not None:
         title = "Side by side with OmniSafe" + ("" if section == "omnisafe" else f" ({section})")
         update_section(out, section, title, table)

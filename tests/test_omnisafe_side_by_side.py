@@ -1,0 +1,78 @@
+"""The OmniSafe side-by-side benchmark's bookkeeping: run order, aggregation over seeds, verdict.
+
+The training itself needs the peer env (omnisafe, safety-gymnasium); these parts do not.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "omnisafe_side_by_side.py"
+
+
+@pytest.fixture(scope="module")
+def sbs():
+    spec = importlib.util.spec_from_file_location("omnisafe_side_by_side", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def _run(steps_per_s, cpu, ret, cost, det_ret=0.0, det_cost=0.0):
+    return {
+        "env_steps_per_s": steps_per_s,
+        "env_steps_per_cpu_s": cpu,
+        "eval_sampled": {"ep_return": ret, "ep_cost": cost},
+        "eval_deterministic": {"ep_return": det_ret, "ep_cost": det_cost},
+    }
+
+
+def test_run_order_alternates_libraries_and_flips_from_pair_to_pair_across_seeds(sbs):
+    pairs = (("PPOLag", "PPOLag"), ("CPO", "CPO"))
+    order = sbs.run_order(pairs, (0, 1))
+    assert order == [
+        ("omnisafe", "PPOLag", 0), ("cmdp", "PPOLag", 0),
+        ("cmdp", "CPO", 0), ("omnisafe", "CPO", 0),
+        ("omnisafe", "PPOLag", 1), ("cmdp", "PPOLag", 1),
+        ("cmdp", "CPO", 1), ("omnisafe", "CPO", 1),
+    ]  # fmt: skip
+
+
+def test_pairs_are_summarised_over_the_seeds_both_libraries_finished(sbs):
+    results = {
+        ("omnisafe", "PPOLag", 0): _run(100, 90, 4.0, 30.0),
+        ("cmdp", "PPOLag", 0): _run(300, 200, 2.0, 20.0),
+        ("omnisafe", "PPOLag", 1): _run(200, 110, 6.0, 50.0),
+        ("cmdp", "PPOLag", 1): _run(500, 300, 4.0, 10.0),
+        ("omnisafe", "PPOLag", 2): _run(1, 1, 100.0, 0.0),  # cmdp's seed 2 not finished: left out
+        ("omnisafe", "CPO", 0): _run(100, 100, 1.0, 1.0),  # no cmdp CPO at all: no row
+    }
+    (pair,) = sbs.summarize_pairs(results, (0, 1, 2))
+    assert (pair.theirs, pair.ours, pair.seeds) == ("PPOLag", "PPOLag", (0, 1))
+    assert pair.steps_per_s == (150, 400) and pair.wall_ratio == pytest.approx(400 / 150)
+    assert pair.cpu_ratio == pytest.approx(250 / 100)
+    assert pair.sampled[0] == pytest.approx((5.0, 1.0, 40.0, 10.0))
+    assert pair.sampled[1] == pytest.approx((3.0, 1.0, 15.0, 5.0))
+
+
+def test_verdict_judges_the_targets_on_the_seed_means(sbs):
+    settings = sbs.Settings(steps=10, steps_per_epoch=10, num_envs=1, cost_limit=25.0, seed=0, eval_episodes=3)
+    results = {}
+    for seed, (ours_cost, ours_ret) in enumerate([(20.0, 5.0), (28.0, 7.0)]):  # mean cost 24: within 25
+        results[("omnisafe", "PPOLag", seed)] = _run(100, 100, 6.0, 40.0)
+        results[("cmdp", "PPOLag", seed)] = _run(350, 320, ours_ret, ours_cost)
+    text = " ".join(sbs.verdict(sbs.summarize_pairs(results, (0, 1)), settings, (0, 1)))
+    assert "median ratio 3.50x wall (met), 3.20x CPU (met)" in text
+    assert "cmdp 1 of 1 solvers, OmniSafe 0 of 1 (met)" in text
+    assert "EpRet no worse than OmniSafe's counterpart: 1 of 1 (met)" in text
+    assert "2 seeds" in text
+    results[("cmdp", "PPOLag", 1)] = _run(350, 320, 1.0, 40.0)  # mean cost 30, mean return 3
+    text = " ".join(sbs.verdict(sbs.summarize_pairs(results, (0, 1)), settings, (0, 1)))
+    assert "cmdp 0 of 1 solvers, OmniSafe 0 of 1 (**not met**)" in text
+    assert "EpRet no worse than OmniSafe's counterpart: 0 of 1 (**not met**)" in text
