@@ -214,7 +214,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="the long schedule (and the OOD / extreme suites)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 (with --full: 0 1 2)")
-    parser.add_argument("--out", type=Path, default=Path("runs/safevla_fetch"))
+    parser.add_argument(
+        "--out", type=Path, default=None,
+        help="run directory (default: runs/safevla_fetch, with --full runs/safevla_fetch_full)",
+    )
     parser.add_argument("--il", type=Path, default=ASSET / "vla.pt", help="the IL policy to start from")
     parser.add_argument("--rebuild-il", action="store_true", help="rebuild the IL policy with behaviour cloning")
     parser.add_argument("--benchmarks", type=Path, default=None, help="also write the table into this BENCHMARKS.md")
@@ -229,8 +232,8 @@ def main() -> None:
     FINE_TUNE["torch_threads"] = args.threads
     schedule = SCHEDULES["full" if args.full else "default"]
     seeds = args.seeds if args.seeds is not None else ([0, 1, 2] if args.full else [0])
-    if args.full:
-        args.out = args.out.with_name(args.out.name + "_full")
+    if args.out is None:  # the two schedules keep apart by default; an explicit --out is taken as given
+        args.out = Path("runs/safevla_fetch_full" if args.full else "runs/safevla_fetch")
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     start = il_policy(args.il, args.rebuild_il, args.out)  # once: --rebuild-il must not rebuild per seed
