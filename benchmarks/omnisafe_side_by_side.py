@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import os
 import shlex
@@ -55,9 +56,9 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -303,10 +304,9 @@ def worker_main(args: argparse.Namespace) -> None:
 def run_order(pairs: tuple[tuple[str, str], ...], seeds: tuple[int, ...] = (0,)) -> list[tuple[str, str, int]]:
     """Seed by seed, alternate libraries, flipping which goes first from one pair to the next."""
     order = []
-    for seed in seeds:
-        for theirs, ours in pairs:
-            pair = [("omnisafe", theirs, seed), ("cmdp", ours, seed)]
-            order += pair if len(order) % 4 == 0 else pair[::-1]
+    for i, (seed, (theirs, ours)) in enumerate(itertools.product(seeds, pairs)):
+        pair = [("omnisafe", theirs, seed), ("cmdp", ours, seed)]
+        order += pair if i % 2 == 0 else pair[::-1]
     return order
 
 
@@ -339,6 +339,15 @@ Results = dict[tuple[str, str, int], dict]
 """Finished runs keyed by (library, solver, seed)."""
 
 
+class Spread(NamedTuple):
+    """One library's evaluation of one solver over seeds: mean and std of the seeds' means."""
+
+    ret: float
+    ret_std: float
+    cost: float
+    cost_std: float
+
+
 @dataclass(frozen=True)
 class PairSummary:
     """One OmniSafe / cmdp solver pair over the seeds both libraries finished."""
@@ -348,8 +357,8 @@ class PairSummary:
     seeds: tuple[int, ...]
     steps_per_s: tuple[float, float]  # median over seeds, (OmniSafe, cmdp)
     steps_per_cpu_s: tuple[float, float]
-    sampled: tuple[tuple[float, float, float, float], ...]  # per library: return mean, std, cost mean, std
-    deterministic: tuple[tuple[float, float, float, float], ...]
+    sampled: tuple[Spread, Spread]  # (OmniSafe, cmdp)
+    deterministic: tuple[Spread, Spread]
 
     @property
     def wall_ratio(self) -> float:
@@ -372,12 +381,12 @@ def summarize_pairs(results: Results, seeds: tuple[int, ...]) -> list[PairSummar
         def median(key: str) -> tuple[float, float]:
             return tuple(statistics.median(r[key] for r in lib_runs) for lib_runs in runs)
 
-        def spread(kind: str) -> tuple[tuple[float, float, float, float], ...]:
+        def spread(kind: str) -> tuple[Spread, Spread]:
             out = []
             for lib_runs in runs:
                 ret = np.array([r[kind]["ep_return"] for r in lib_runs])
                 cost = np.array([r[kind]["ep_cost"] for r in lib_runs])
-                out.append((float(ret.mean()), float(ret.std()), float(cost.mean()), float(cost.std())))
+                out.append(Spread(float(ret.mean()), float(ret.std()), float(cost.mean()), float(cost.std())))
             return tuple(out)
 
         summaries.append(
@@ -394,11 +403,10 @@ def summarize_pairs(results: Results, seeds: tuple[int, ...]) -> list[PairSummar
     return summaries
 
 
-def _ret_cost(values: tuple[float, float, float, float], seeds: int) -> str:
-    ret, ret_std, cost, cost_std = values
+def _ret_cost(values: Spread, seeds: int) -> str:
     if seeds == 1:
-        return f"{ret:.2f} / {cost:.1f}"
-    return f"{ret:.2f} ± {ret_std:.2f} / {cost:.1f} ± {cost_std:.1f}"
+        return f"{values.ret:.2f} / {values.cost:.1f}"
+    return f"{values.ret:.2f} ± {values.ret_std:.2f} / {values.cost:.1f} ± {values.cost_std:.1f}"
 
 
 def build_table(results: Results, settings: Settings, command: str, seeds: tuple[int, ...] = (0,)) -> str:
@@ -457,14 +465,13 @@ def build_table(results: Results, settings: Settings, command: str, seeds: tuple
     return "\n".join(lines)
 
 
-def verdict(summaries: list[PairSummary], settings: Settings, seeds: tuple[int, ...] = (0,)) -> list[str]:
+def verdict(pairs: list[PairSummary], settings: Settings, seeds: tuple[int, ...] = (0,)) -> list[str]:
     """The issue's targets, each said plainly as met or not, from the measured numbers (seed means)."""
-    pairs = summaries
     wall = statistics.median(p.wall_ratio for p in pairs)
     cpu = statistics.median(p.cpu_ratio for p in pairs)
-    within = sum(p.sampled[1][2] <= settings.cost_limit for p in pairs)
-    theirs_within = sum(p.sampled[0][2] <= settings.cost_limit for p in pairs)
-    no_worse = sum(p.sampled[1][0] >= p.sampled[0][0] for p in pairs)
+    within = sum(ours.cost <= settings.cost_limit for _, ours in (p.sampled for p in pairs))
+    theirs_within = sum(theirs.cost <= settings.cost_limit for theirs, _ in (p.sampled for p in pairs))
+    no_worse = sum(ours.ret >= theirs.ret for theirs, ours in (p.sampled for p in pairs))
     seed_words = "one seed" if len(seeds) == 1 else f"{len(seeds)} seeds"
 
     def met(ok: bool) -> str:
@@ -520,7 +527,7 @@ def main() -> None:
     results: Results = {}
     pairs = tuple(p for p in PAIRS if args.solvers is None or set(p) & set(args.solvers))
     for library, solver, seed in run_order(pairs, seeds):
-        run_settings = Settings(**(asdict(settings) | {"seed": seed}))
+        run_settings = replace(settings, seed=seed)
         path = args.results_dir / f"{library}-{solver}-seed{seed}.json"
         result = load_result(path, run_settings)
         if result is None:
