@@ -39,6 +39,11 @@ figure, taken deterministically at the mean (OmniSafe's evaluator does that).
 the median throughput over seeds and EpRet / EpCost as mean ± std over seeds (each seed's value
 being the mean over its evaluation episodes), and the targets are judged on those means.
 
+``--cmdp-options '{"minibatch_size": 64}'`` trains cmdp's solvers with those options in place of
+their defaults (checked before anything trains) against the same OmniSafe runs: a variant's
+results are named ``cmdp-<solver>-<option>=<value>-seed<seed>.json`` beside the default ones, and
+the table names the options.
+
 Each finished run writes ``<results-dir>/<library>-<solver>-seed<seed>.json``; a killed benchmark
 run again skips the runs whose JSON matches the current settings. ``--out`` writes the table into
 that Markdown file (section key ``omnisafe``) with date, machine, command and versions.
@@ -89,6 +94,12 @@ class Settings:
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: str = "tanh"
     env_id: str = ENV_ID
+    cmdp_options: str = ""
+    """cmdp solver options that replace its defaults, as canonical JSON ("": none); OmniSafe's runs
+    do not depend on it, so theirs are shared by every cmdp variant."""
+
+    def cmdp_kwargs(self) -> dict[str, Any]:
+        return json.loads(self.cmdp_options) if self.cmdp_options else {}
 
 
 # ---- CPU time of a process tree --------------------------------------------------------------
@@ -182,6 +193,7 @@ def run_cmdp(solver: str, settings: Settings, workdir: Path) -> dict:
         activation=settings.activation,
         torch_threads=1,
         env_kwargs={"vectorization": "subproc" if settings.num_envs > 1 else "sync"},
+        **settings.cmdp_kwargs(),
     )
     epochs = []
     train_seconds = cpu_seconds = 0.0
@@ -310,7 +322,16 @@ def run_order(pairs: tuple[tuple[str, str], ...], seeds: tuple[int, ...] = (0,))
     return order
 
 
-def load_result(path: Path, settings: Settings) -> dict | None:
+def result_path(results_dir: Path, library: str, solver: str, settings: Settings) -> Path:
+    """``<library>-<solver>[-<cmdp options>]-seed<N>.json``: a cmdp variant never overwrites the
+    default run, and OmniSafe's runs are shared by all variants."""
+    tag = ""
+    if library == "cmdp" and settings.cmdp_options:
+        tag = "-" + "-".join(f"{k}={v}" for k, v in settings.cmdp_kwargs().items()).replace("/", "_")
+    return results_dir / f"{library}-{solver}{tag}-seed{settings.seed}.json"
+
+
+def load_result(path: Path, settings: Settings, library: str = "cmdp") -> dict | None:
     if not path.exists():
         return None
     try:
@@ -319,7 +340,28 @@ def load_result(path: Path, settings: Settings) -> dict | None:
         return None
     saved = dict(result.get("settings", {}))
     saved["hidden_sizes"] = tuple(saved.get("hidden_sizes", ()))
-    return result if saved == asdict(settings) else None
+    saved.setdefault("cmdp_options", "")  # results written before cmdp variants existed
+    wanted = asdict(settings)
+    if library != "cmdp":
+        saved["cmdp_options"] = wanted["cmdp_options"] = ""
+    return result if saved == wanted else None
+
+
+def parse_cmdp_options(text: str | None, solvers: list[str]) -> str:
+    """``--cmdp-options`` as canonical JSON, checked against every cmdp solver that will run."""
+    if not text:
+        return ""
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"--cmdp-options is not JSON: {exc}") from None
+    if not isinstance(options, dict):
+        raise SystemExit(f"--cmdp-options must be a JSON object of solver options, got {text!r}")
+    from cmdp.algorithms import ALGORITHMS
+
+    for solver in solvers:
+        ALGORITHMS[solver].Config.from_kwargs(**options)  # a bad name or value: its ConfigError
+    return json.dumps(options, sort_keys=True) if options else ""
 
 
 def versions() -> str:
@@ -423,7 +465,9 @@ def build_table(results: Results, settings: Settings, command: str, seeds: tuple
         f"`{settings.env_id}`, {settings.steps:,} env steps per solver, {seed_phrase}, "
         f"{settings.steps_per_epoch:,} steps per epoch, {envs_phrase(settings.num_envs)}, "
         f"networks {list(settings.hidden_sizes)} {settings.activation}, cost limit {settings.cost_limit:g}, one torch "
-        f"thread per run; other settings are each library's defaults. Runs alternated between the libraries.",
+        f"thread per run; other settings are each library's defaults"
+        + (f", except cmdp's {_options_phrase(settings)}" if settings.cmdp_options else "")
+        + ". Runs alternated between the libraries.",
         "",
         f"Throughput counts the training call only (rollout and update). *Wall*: env steps per second of wall time; "
         f"the machine is shared, and the 1-minute load average ranged from {min(loads):.1f} to {max(loads):.1f} "
@@ -465,6 +509,10 @@ def build_table(results: Results, settings: Settings, command: str, seeds: tuple
     return "\n".join(lines)
 
 
+def _options_phrase(settings: Settings) -> str:
+    return ", ".join(f"`{k}={v!r}`" for k, v in settings.cmdp_kwargs().items())
+
+
 def verdict(pairs: list[PairSummary], settings: Settings, seeds: tuple[int, ...] = (0,)) -> list[str]:
     """The issue's targets, each said plainly as met or not, from the measured numbers (seed means)."""
     wall = statistics.median(p.wall_ratio for p in pairs)
@@ -501,6 +549,12 @@ def main() -> None:
     parser.add_argument(
         "--solvers", nargs="+", choices=names, default=None, help="only the pairs with these solvers (default: all)"
     )
+    parser.add_argument(
+        "--cmdp-options",
+        default=None,
+        help='JSON object of cmdp solver options replacing its defaults, e.g. \'{"minibatch_size": 64}\'; '
+        "the results of such a variant are kept beside the default ones, OmniSafe's are reused",
+    )
     parser.add_argument("--results-dir", type=Path, default=REPO / "benchmarks" / "results" / "omnisafe")
     parser.add_argument("--out", type=Path, default=None, help="Markdown file to update (e.g. BENCHMARKS.md)")
     parser.add_argument("--section", default="omnisafe", help="key of the section of --out to write")
@@ -514,6 +568,7 @@ def main() -> None:
     if args.steps % args.steps_per_epoch or args.steps_per_epoch % args.num_envs:
         parser.error("--steps must be a multiple of --steps-per-epoch, and that a multiple of --num-envs")
     seeds = tuple(dict.fromkeys(args.seeds))
+    pairs = tuple(p for p in PAIRS if args.solvers is None or set(p) & set(args.solvers))
     settings = Settings(
         steps=args.steps,
         steps_per_epoch=args.steps_per_epoch,
@@ -521,15 +576,17 @@ def main() -> None:
         cost_limit=args.cost_limit,
         seed=seeds[0],
         eval_episodes=args.eval_episodes,
+        cmdp_options=parse_cmdp_options(args.cmdp_options, [ours for _, ours in pairs]),
     )
     args.results_dir = args.results_dir.resolve()
     args.results_dir.mkdir(parents=True, exist_ok=True)
     results: Results = {}
-    pairs = tuple(p for p in PAIRS if args.solvers is None or set(p) & set(args.solvers))
     for library, solver, seed in run_order(pairs, seeds):
-        run_settings = replace(settings, seed=seed)
-        path = args.results_dir / f"{library}-{solver}-seed{seed}.json"
-        result = load_result(path, run_settings)
+        # OmniSafe's runs record no cmdp options: they are shared by every cmdp variant
+        options = settings.cmdp_options if library == "cmdp" else ""
+        run_settings = replace(settings, seed=seed, cmdp_options=options)
+        path = result_path(args.results_dir, library, solver, run_settings)
+        result = load_result(path, run_settings, library)
         if result is None:
             log = path.with_suffix(".log")
             print(f"[{time.strftime('%H:%M:%S')}] training {library} {solver} seed {seed} (log: {log})", flush=True)

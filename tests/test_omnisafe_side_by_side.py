@@ -76,3 +76,40 @@ def test_verdict_judges_the_targets_on_the_seed_means(sbs):
     text = " ".join(sbs.verdict(sbs.summarize_pairs(results, (0, 1)), settings, (0, 1)))
     assert "cmdp 0 of 1 solvers, OmniSafe 0 of 1 (**not met**)" in text
     assert "EpRet no worse than OmniSafe's counterpart: 0 of 1 (**not met**)" in text
+
+
+def test_a_cmdp_variant_keeps_its_own_results_and_shares_omnisafes(sbs, tmp_path):
+    base = sbs.Settings(steps=10, steps_per_epoch=10, num_envs=1, cost_limit=25.0, seed=3, eval_episodes=1)
+    variant = sbs.replace(base, cmdp_options=sbs.parse_cmdp_options('{"minibatch_size": 64}', ["PPOLag"]))
+    assert variant.cmdp_kwargs() == {"minibatch_size": 64}
+    assert sbs.result_path(tmp_path, "cmdp", "PPOLag", base).name == "cmdp-PPOLag-seed3.json"
+    assert sbs.result_path(tmp_path, "cmdp", "PPOLag", variant).name == "cmdp-PPOLag-minibatch_size=64-seed3.json"
+    assert sbs.result_path(tmp_path, "omnisafe", "PPOLag", variant).name == "omnisafe-PPOLag-seed3.json"
+
+    import json
+    from dataclasses import asdict
+
+    theirs = tmp_path / "omnisafe-PPOLag-seed3.json"
+    saved = asdict(base)
+    del saved["cmdp_options"]  # as results written before variants existed
+    theirs.write_text(json.dumps({"settings": saved}))
+    assert sbs.load_result(theirs, variant, "omnisafe") is not None  # OmniSafe's run serves the variant
+    ours = tmp_path / "cmdp-PPOLag-seed3.json"
+    ours.write_text(json.dumps({"settings": saved}))
+    assert sbs.load_result(ours, base, "cmdp") is not None
+    assert sbs.load_result(ours, variant, "cmdp") is None  # a default cmdp run is not the variant's
+    assert sbs.load_result(ours, sbs.replace(base, seed=4), "cmdp") is None
+
+
+def test_bad_cmdp_options_stop_the_benchmark_before_any_training(sbs):
+    assert sbs.parse_cmdp_options(None, ["PPOLag"]) == "" and sbs.parse_cmdp_options("{}", ["PPOLag"]) == ""
+    with pytest.raises(SystemExit, match="not JSON"):
+        sbs.parse_cmdp_options("{minibatch_size: 64}", ["PPOLag"])
+    with pytest.raises(SystemExit, match="JSON object"):
+        sbs.parse_cmdp_options("[64]", ["PPOLag"])
+    from cmdp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="minibatch_sise"):
+        sbs.parse_cmdp_options('{"minibatch_sise": 64}', ["PPOLag", "CPO"])
+    with pytest.raises(ConfigError, match="minibatch_size"):
+        sbs.parse_cmdp_options('{"minibatch_size": 0}', ["PPOLag"])
