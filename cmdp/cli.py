@@ -18,17 +18,20 @@ table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import inspect
 import json
 import math
 import shutil
+import signal
 import sys
 import textwrap
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from cmdp.config_files import load_config_file, merge_configs, parse_set_overrides
 from cmdp.errors import CheckpointError, CMDPError, ConfigError
@@ -105,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit code.
 
     0 on success, 2 for a usage error or any :class:`~cmdp.errors.CMDPError` (printed as
-    ``error: <message>``), 130 when training is interrupted with Ctrl-C.
+    ``error: <message>``), 130 when training is interrupted with Ctrl-C or SIGTERM.
     """
     parser = build_parser()
     try:
@@ -116,10 +119,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        return COMMANDS[args.command].run(args)
+        with _sigterm_as_interrupt():
+            return COMMANDS[args.command].run(args)
     except CMDPError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Inside, SIGTERM raises KeyboardInterrupt, so a job killed by a scheduler or ``kill`` takes
+    the Ctrl-C path (checkpoint hint, a grid's invocation log, exit 130) instead of vanishing."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ---- shared helpers ---------------------------------------------------------------------

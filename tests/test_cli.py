@@ -469,3 +469,25 @@ def test_end_to_end_with_the_real_package(tmp_path, capsys):
     assert out.startswith("PPO on GridWorld-v0, 2 episodes")
     result = json.loads((run_dir / "eval.json").read_text())
     assert result["episodes"] == 2 and result["settings"]["seed"] == 5
+
+
+def test_sigterm_interrupts_training_like_ctrl_c(tmp_path):
+    """A scheduler's SIGTERM takes the Ctrl-C path: exit 130 with a resume hint, not a silent death."""
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cmdp", "train", "--algo", "PPO", "--env", "GridWorld-v0"]
+    cmd += ["--total-steps", "100000000", "--run-dir", str(run_dir), "--no-progress", "--set", "checkpoint_every=1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "cmdp: interrupted at step" in err and f"cmdp train --resume {run_dir}" in err
