@@ -322,16 +322,20 @@ def run_order(pairs: tuple[tuple[str, str], ...], seeds: tuple[int, ...] = (0,))
     return order
 
 
+def run_settings(settings: Settings, library: str, seed: int) -> Settings:
+    """The settings of one run. OmniSafe's runs carry no cmdp options, so every cmdp variant
+    shares them."""
+    return replace(settings, seed=seed, cmdp_options=settings.cmdp_options if library == "cmdp" else "")
+
+
 def result_path(results_dir: Path, library: str, solver: str, settings: Settings) -> Path:
     """``<library>-<solver>[-<cmdp options>]-seed<N>.json``: a cmdp variant never overwrites the
-    default run, and OmniSafe's runs are shared by all variants."""
-    tag = ""
-    if library == "cmdp" and settings.cmdp_options:
-        tag = "-" + "-".join(f"{k}={v}" for k, v in settings.cmdp_kwargs().items()).replace("/", "_")
-    return results_dir / f"{library}-{solver}{tag}-seed{settings.seed}.json"
+    default run."""
+    tag = "-".join(f"{k}={v}" for k, v in settings.cmdp_kwargs().items()).replace("/", "_")
+    return results_dir / f"{library}-{solver}{'-' + tag if tag else ''}-seed{settings.seed}.json"
 
 
-def load_result(path: Path, settings: Settings, library: str = "cmdp") -> dict | None:
+def load_result(path: Path, settings: Settings) -> dict | None:
     if not path.exists():
         return None
     try:
@@ -341,10 +345,7 @@ def load_result(path: Path, settings: Settings, library: str = "cmdp") -> dict |
     saved = dict(result.get("settings", {}))
     saved["hidden_sizes"] = tuple(saved.get("hidden_sizes", ()))
     saved.setdefault("cmdp_options", "")  # results written before cmdp variants existed
-    wanted = asdict(settings)
-    if library != "cmdp":
-        saved["cmdp_options"] = wanted["cmdp_options"] = ""
-    return result if saved == wanted else None
+    return result if saved == asdict(settings) else None
 
 
 def parse_cmdp_options(text: str | None, solvers: list[str]) -> str:
@@ -582,16 +583,14 @@ def main() -> None:
     args.results_dir.mkdir(parents=True, exist_ok=True)
     results: Results = {}
     for library, solver, seed in run_order(pairs, seeds):
-        # OmniSafe's runs record no cmdp options: they are shared by every cmdp variant
-        options = settings.cmdp_options if library == "cmdp" else ""
-        run_settings = replace(settings, seed=seed, cmdp_options=options)
-        path = result_path(args.results_dir, library, solver, run_settings)
-        result = load_result(path, run_settings, library)
+        one_run = run_settings(settings, library, seed)
+        path = result_path(args.results_dir, library, solver, one_run)
+        result = load_result(path, one_run)
         if result is None:
             log = path.with_suffix(".log")
             print(f"[{time.strftime('%H:%M:%S')}] training {library} {solver} seed {seed} (log: {log})", flush=True)
             cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", f"{library}:{solver}"]
-            cmd += ["--result", str(path), "--settings", json.dumps(asdict(run_settings))]
+            cmd += ["--result", str(path), "--settings", json.dumps(asdict(one_run))]
             with log.open("w") as out:
                 proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=args.results_dir)
             if proc.returncode != 0:

@@ -79,26 +79,32 @@ def test_verdict_judges_the_targets_on_the_seed_means(sbs):
 
 
 def test_a_cmdp_variant_keeps_its_own_results_and_shares_omnisafes(sbs, tmp_path):
-    base = sbs.Settings(steps=10, steps_per_epoch=10, num_envs=1, cost_limit=25.0, seed=3, eval_episodes=1)
-    variant = sbs.replace(base, cmdp_options=sbs.parse_cmdp_options('{"minibatch_size": 64}', ["PPOLag"]))
-    assert variant.cmdp_kwargs() == {"minibatch_size": 64}
-    assert sbs.result_path(tmp_path, "cmdp", "PPOLag", base).name == "cmdp-PPOLag-seed3.json"
-    assert sbs.result_path(tmp_path, "cmdp", "PPOLag", variant).name == "cmdp-PPOLag-minibatch_size=64-seed3.json"
-    assert sbs.result_path(tmp_path, "omnisafe", "PPOLag", variant).name == "omnisafe-PPOLag-seed3.json"
-
     import json
     from dataclasses import asdict
 
-    theirs = tmp_path / "omnisafe-PPOLag-seed3.json"
-    saved = asdict(base)
+    base = sbs.Settings(steps=10, steps_per_epoch=10, num_envs=1, cost_limit=25.0, seed=0, eval_episodes=1)
+    variant = sbs.replace(base, cmdp_options=sbs.parse_cmdp_options('{"minibatch_size": 64}', ["PPOLag"]))
+    assert variant.cmdp_kwargs() == {"minibatch_size": 64}
+    ours_default, ours_variant = (sbs.run_settings(s, "cmdp", 3) for s in (base, variant))
+    theirs_default, theirs_variant = (sbs.run_settings(s, "omnisafe", 3) for s in (base, variant))
+    assert theirs_variant == theirs_default  # OmniSafe's run is the same whatever cmdp variant runs
+    assert ours_variant.cmdp_kwargs() == {"minibatch_size": 64} and ours_variant.seed == 3
+
+    def name(library, settings):
+        return sbs.result_path(tmp_path, library, "PPOLag", settings).name
+
+    assert name("cmdp", ours_default) == "cmdp-PPOLag-seed3.json"
+    assert name("cmdp", ours_variant) == "cmdp-PPOLag-minibatch_size=64-seed3.json"
+    assert name("omnisafe", theirs_variant) == "omnisafe-PPOLag-seed3.json"
+
+    saved = asdict(ours_default)
     del saved["cmdp_options"]  # as results written before variants existed
-    theirs.write_text(json.dumps({"settings": saved}))
-    assert sbs.load_result(theirs, variant, "omnisafe") is not None  # OmniSafe's run serves the variant
-    ours = tmp_path / "cmdp-PPOLag-seed3.json"
-    ours.write_text(json.dumps({"settings": saved}))
-    assert sbs.load_result(ours, base, "cmdp") is not None
-    assert sbs.load_result(ours, variant, "cmdp") is None  # a default cmdp run is not the variant's
-    assert sbs.load_result(ours, sbs.replace(base, seed=4), "cmdp") is None
+    for file in ("omnisafe-PPOLag-seed3.json", "cmdp-PPOLag-seed3.json"):
+        (tmp_path / file).write_text(json.dumps({"settings": saved}))
+    assert sbs.load_result(tmp_path / "omnisafe-PPOLag-seed3.json", theirs_variant) is not None
+    assert sbs.load_result(tmp_path / "cmdp-PPOLag-seed3.json", ours_default) is not None
+    assert sbs.load_result(tmp_path / "cmdp-PPOLag-seed3.json", ours_variant) is None  # not the variant's run
+    assert sbs.load_result(tmp_path / "cmdp-PPOLag-seed3.json", sbs.replace(ours_default, seed=4)) is None
 
 
 def test_bad_cmdp_options_stop_the_benchmark_before_any_training(sbs):
