@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import optimize
 
-from cmdp.algorithms.functional import conjugate_gradient, gae, solve_cpo_step
+from cmdp.algorithms.functional import conjugate_gradient, gae, solve_cpo_span_step, solve_cpo_step
 
 
 def naive_gae(rewards, values, next_values, terminated, dones, gamma, lam):
@@ -122,3 +122,44 @@ def test_cpo_recovery_when_infeasible(k):
         h_inv_b = np.linalg.inv(h) @ bmat[0]
         expected = -np.sqrt(2 * delta / (bmat[0] @ h_inv_b)) * h_inv_b  # Achiam et al., eq. (10.2)
         np.testing.assert_allclose(x, expected, rtol=1e-6)
+
+
+def span_problem(h, g, bmat):
+    """The stacked gradients, their natural-gradient directions U and the KL Gram matrix."""
+    grads = np.vstack([g, bmat])
+    directions = grads @ np.linalg.inv(h)
+    return torch.as_tensor(directions), torch.as_tensor(grads @ directions.T)
+
+
+@pytest.mark.parametrize("feasible", [True, False])
+@pytest.mark.parametrize("k", [1, 2])
+def test_span_step_with_its_own_gram_is_the_textbook_step(k, feasible):
+    h, g, bmat = problem(3, k)
+    delta = 0.05
+    c = np.full(k, -0.01) if feasible else np.full(k, 5.0)
+    directions, gram = span_problem(h, g, bmat)
+    span = solve_cpo_span_step(gram, gram, torch.as_tensor(c), delta)
+    textbook = solve(h, g, bmat, c, delta)
+    assert span.feasible == textbook.feasible == feasible
+    np.testing.assert_allclose((span.direction @ directions).numpy(), textbook.direction.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_span_step_holds_the_constraints_under_the_effect_it_is_given():
+    """A cost gradient inflated by noise promises more than the true one delivers; the span step
+    given the true effect meets the limit under the true effect, which the textbook step does not."""
+    h, g, bmat = problem(5, 1)
+    rng = np.random.default_rng(0)
+    noisy_b = bmat + 3.0 * rng.normal(size=bmat.shape)  # the estimate the step is built from
+    delta, c = 0.05, np.array([0.2])
+    directions, gram = span_problem(h, g, noisy_b)
+    true_effect = torch.as_tensor(np.vstack([g, bmat]) @ directions.numpy().T)
+    span = solve_cpo_span_step(gram, true_effect, torch.as_tensor(c), delta)
+    x = (span.direction @ directions).numpy()
+    assert 0.5 * x @ h @ x <= delta * (1 + 1e-6)
+    if span.feasible:
+        assert bmat[0] @ x + c[0] <= 1e-6
+    else:  # recovery: the largest true decrease the trust region allows
+        assert bmat[0] @ x < 0
+    textbook = solve(h, g, noisy_b, c, delta).direction.numpy()
+    assert noisy_b[0] @ textbook + c[0] <= 1e-6  # textbook meets its own, noisy, prediction
+    assert bmat[0] @ textbook + c[0] > bmat[0] @ x + c[0]  # and does less for the true cost

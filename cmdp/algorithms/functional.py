@@ -162,3 +162,26 @@ def solve_cpo_step(
     lam = float(np.sqrt(a / (2.0 * delta)))
     direction = (h_inv_g.double() - torch.as_tensor(nu) @ h_inv_b.double()) / lam
     return CPOStep(direction.to(h_inv_g.dtype), True, torch.as_tensor(nu), lam)
+
+
+def solve_cpo_span_step(kl_gram: Tensor, effect: Tensor, c: Tensor, delta: float) -> CPOStep:
+    """The CPO subproblem over steps ``x = w @ U`` with ``U = H^-1 [g; b_1; ..; b_K]``.
+
+    ``kl_gram[i, j] = G_i . H^-1 G_j`` for the stacked gradients ``G = [g; b_1; ..; b_K]``, so a
+    step's KL is ``0.5 w.kl_gram.w``. ``effect[i, j]`` is the predicted change of objective ``i``
+    (0: reward surrogate, k: cost surrogate k) per unit of ``w_j``. With ``effect = kl_gram`` this
+    is :func:`solve_cpo_step`'s textbook step restricted to the span it lives in anyway; an
+    ``effect`` estimated from other samples than ``G`` (see ``CPOConfig.cross_fit``) predicts
+    what the step will really do to the costs instead of what it does to the noise in ``G``.
+
+    The span is whitened (``w = W z`` with ``W^T kl_gram W = I``), which turns the problem into
+    :func:`solve_cpo_step` with ``H = I``. Returns a :class:`CPOStep` whose ``direction`` is ``w``
+    (``[K + 1]``).
+    """
+    gram = kl_gram.detach().double().numpy()
+    eigvals, eigvecs = np.linalg.eigh(0.5 * (gram + gram.T))
+    keep = eigvals > max(float(eigvals.max()), 1e-300) * 1e-10  # drop directions the data cannot tell apart
+    whiten = torch.from_numpy(eigvecs[:, keep] / np.sqrt(eigvals[keep]))
+    per_z = effect.detach().double() @ whiten
+    step = solve_cpo_step(g=per_z[0], b=per_z[1:], h_inv_g=per_z[0], h_inv_b=per_z[1:], c=c, delta=delta)
+    return CPOStep(whiten @ step.direction.double(), step.feasible, step.nu, step.lam)
