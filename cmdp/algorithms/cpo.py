@@ -12,14 +12,13 @@ the costs are never summed into one constraint. When no step in the trust region
 constraint, CPO takes a recovery step that lowers the violated costs. A backtracking line search
 then enforces the trust region and the constraints on the actual surrogates.
 
-The step lives in the span of ``H^-1 g`` and ``H^-1 b_k``; how far it moves each cost is, by
-default, predicted by cross-fitting (``cross_fit``): the cost gradients of one half of the epoch
+The step lives in the span of ``H^-1 g`` and ``H^-1 b_k``; how far it moves each objective is,
+by default, predicted by cross-fitting (``cross_fit``): the gradients of one half of the epoch
 judge the directions computed from the other half. The textbook prediction reuses the
 gradients the step was built from, whose noise it counts as signal; on long-episode tasks with
 a few thousand samples per epoch that noise is most of the cost gradient's length
 (``CPO/signal`` logs the fraction that is not), and CPO then settles above its limit while
-reporting every step feasible. The reward's prediction is the whole batch's, as in the
-textbook, so that with no constraint active the step is TRPO's.
+reporting every step feasible.
 
 Logged keys: as PPO (without clip statistics), plus ``CPO/case`` (0 feasible, 1 recovery),
 ``CPO/step_fraction`` (accepted backtracking coefficient, 0 if rejected), ``CPO/nu/<channel>``,
@@ -64,8 +63,8 @@ class CPOConfig(OnPolicyConfig):
     )
     cross_fit: bool = option(
         True,
-        "Predict the step's effect on each cost from the other half of the epoch (the envs "
-        "split in two) rather than from the same samples the step is built from. Sampling "
+        "Predict the step's effect on reward and costs from the other half of the epoch (the "
+        "envs split in two) rather than from the same samples the step is built from. Sampling "
         "noise makes a cost gradient look longer than it is, so the textbook linear model promises "
         "cost reductions the policy never realises (PointGoal-v0: -40 per episode predicted every "
         "epoch, cost unchanged). False gives the textbook step.",
@@ -136,14 +135,12 @@ class CPO(OnPolicyAlgorithm):
         grad = sum(s * g for s, g in zip(share, grads)).double()
         direction_basis = sum(s * d for s, d in zip(share, directions)).double()
         kl_gram = grad @ direction_basis.T
-        effect = kl_gram.clone()
         if parts:
-            # each half's directions judged by the other half's cost gradients: a prediction of
-            # the cost change that the directions' own noise does not inflate. The reward row
-            # stays the whole batch's, so with no constraint active the step is TRPO's.
+            # each half's step judged by the other half's gradients: unbiased by the step's own noise
             (grad_a, grad_b), (dir_a, dir_b) = grads, directions
-            cross = share[0] * grad_b.double() @ dir_a.double().T + share[1] * grad_a.double() @ dir_b.double().T
-            effect[1:] = cross[1:]
+            effect = share[0] * grad_b.double() @ dir_a.double().T + share[1] * grad_a.double() @ dir_b.double().T
+        else:
+            effect = kl_gram
         violation = self._violation_per_step()
         step = solve_cpo_span_step(
             kl_gram, effect, torch.as_tensor(violation, dtype=torch.float64), delta=c.cpo_delta

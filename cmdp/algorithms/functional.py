@@ -171,9 +171,8 @@ def solve_cpo_span_step(kl_gram: Tensor, effect: Tensor, c: Tensor, delta: float
     step's KL is ``0.5 w.kl_gram.w``. ``effect[i, j]`` is the predicted change of objective ``i``
     (0: reward surrogate, k: cost surrogate k) per unit of ``w_j``. With ``effect = kl_gram`` this
     is :func:`solve_cpo_step`'s textbook step restricted to the span it lives in anyway; an
-    ``effect`` whose cost rows are estimated from other samples than ``G`` (see
-    ``CPOConfig.cross_fit``) predicts what the step will really do to the costs instead of what
-    it does to the noise in ``G``.
+    ``effect`` estimated from other samples than ``G`` (see ``CPOConfig.cross_fit``) predicts
+    what the step will really do to the costs instead of what it does to the noise in ``G``.
 
     The span is whitened (``w = W z`` with ``W^T kl_gram W = I``), which turns the problem into
     :func:`solve_cpo_step` with ``H = I``. Returns a :class:`CPOStep` whose ``direction`` is ``w``
