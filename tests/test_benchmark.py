@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from pathlib import Path
 
@@ -302,3 +303,64 @@ def test_eval_schedule_is_in_whole_epochs_and_ends_at_the_last_step():
     assert eval_schedule(100_000, 4096, 4) == [28672, 53248, 77824, 102400]
     assert eval_schedule(1000, 4096, 4) == [4096]
     assert eval_schedule(8192, 4096, 4) == [4096, 8192]
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live descendant of ``pid``, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
+def test_sigterm_stops_the_grid_and_its_workers_at_once(tmp_path):
+    """A SIGTERM reaches the grid's process alone, not its workers: they must be stopped, not
+    waited for (a cell can run for hours, and an interrupted cell's result is dropped anyway)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "cmdp", "benchmark", "--solvers", "PPO", "--envs", "GridWorld-v0"]
+    cmd += ["--seeds", "0", "1", "--steps", "1e8", "--workers", "2", "--out", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        running = [tmp_path / "cells" / f"PPO_GridWorld-v0_{seed}" / "run" for seed in (0, 1)]
+        while not all(r.exists() for r in running) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()
+        workers = _descendants(proc.pid)
+        assert workers
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)  # without stopping the workers: hours
+        deadline = time.monotonic() + 10
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        for worker in workers:  # never leave a failed run's workers training
+            if _alive(worker):
+                os.kill(worker, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and str(tmp_path) in err
+    assert not [w for w in workers if _alive(w)]

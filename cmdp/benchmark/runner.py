@@ -439,7 +439,13 @@ class _ProcessBackend(_Backend):
         return events
 
     def close(self, abort: bool) -> None:
-        # on Ctrl-C the workers got the SIGINT too and stop on their own; do not wait for them
+        if abort:
+            # A Ctrl-C at a terminal reaches the workers too, but a SIGTERM to this process alone
+            # (kill, a scheduler) does not, and the interpreter would then wait at exit for their
+            # cells to run to the end, only to drop the results. Each cell resumes from its last
+            # checkpoint, so stop them now. (No public API for this before Python 3.14.)
+            for process in list((getattr(self._pool, "_processes", None) or {}).values()):
+                process.terminate()
         self._pool.shutdown(wait=not abort, cancel_futures=True)
 
 
