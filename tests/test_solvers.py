@@ -124,3 +124,16 @@ def test_cpo_cross_fit_halves_split_by_env():
     assert first["e_idx"][:, 0].tolist() == [0, 2] and first["state"][0].tolist() == [0, 3]
     assert second["e_idx"][:, 0].tolist() == [1, 1] and second["state"][1] is None
     assert _halves({"actions": rows[:1], "mask": None}, (1, 1)) is None  # too small to split
+
+
+@pytest.mark.parametrize("cross_fit", [True, False])
+def test_cpo_logs_the_cost_gradient_signal_only_when_cross_fitting(cross_fit):
+    algo = CPO("GridWorld-v0", cost_limit=DEFAULT_COST_LIMIT, seed=0, run_dir=False, progress_bar=False,
+               num_envs=4, steps_per_epoch=512, cross_fit=cross_fit)  # fmt: skip
+    algo.learn(1024)
+    info = algo.last_info
+    assert info["CPO/case"] in (0.0, 1.0) and np.isfinite(info["CPO/nu/hazard"])
+    if cross_fit:
+        assert np.isfinite(info["CPO/signal/hazard"])
+    else:  # its own Gram matrix would always say 1: no number rather than a meaningless one
+        assert "CPO/signal/hazard" not in info

@@ -22,8 +22,9 @@ reporting every step feasible.
 
 Logged keys: as PPO (without clip statistics), plus ``CPO/case`` (0 feasible, 1 recovery),
 ``CPO/step_fraction`` (accepted backtracking coefficient, 0 if rejected), ``CPO/nu/<channel>``,
-``CPO/signal/<channel>`` (cross-fitted over same-sample squared length of the cost gradient in
-the Fisher metric: near 1 when the gradient is signal, near 0 or below when it is noise).
+``CPO/signal/<channel>`` when cross-fitting (cross-fitted over same-sample squared length of the
+cost gradient in the Fisher metric: near 1 when the gradient is signal, near 0 or below when it
+is noise).
 """
 
 from __future__ import annotations
@@ -178,8 +179,8 @@ class CPO(OnPolicyAlgorithm):
         }
         for k, (name, nu) in enumerate(zip(self.cost_names, step.nu.tolist()), start=1):
             info[f"CPO/nu/{name}"] = float(nu)
-            # how much of the cost gradient's length is signal rather than sampling noise (1: all)
-            info[f"CPO/signal/{name}"] = float(effect[k, k] / kl_gram[k, k].clamp_min(1e-300))
+            if parts:  # how much of the cost gradient's length is signal rather than sampling noise
+                info[f"CPO/signal/{name}"] = float(effect[k, k] / kl_gram[k, k].clamp_min(1e-300))
         return info | self.minibatch_updates(data, train_actor=False)
 
     def _violation_per_step(self) -> np.ndarray:
