@@ -299,6 +299,27 @@ def test_settings_and_config_checks():
     assert format_limits([2.3] * 5) == "2.30 each" and format_limits([0.5, 0.3]) == "0.50, 0.30"
 
 
+def test_an_env_that_fails_to_build_is_skipped_with_its_error(monkeypatch):
+    import cmdp
+    from cmdp.core import registry
+
+    def broken(**kwargs):
+        raise TypeError("jnt(): incompatible function arguments")
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    cmdp.register("TestOnlyBroken-v0", broken)
+    rows = TABLE + (EnvSettings(env_id="TestOnlyBroken-v0", cost_limit=1.0, small_steps=1, full_steps=1),)
+    notes: list[str] = []
+    config = GridConfig(out="x", solvers=("PPO",), envs=("GridWorld-v0", "TestOnlyBroken-v0"), seeds=(0,))
+    plan = plan_grid(config, rows, note=notes.append)
+    assert [c.env_id for c in plan.cells] == ["GridWorld-v0"]
+    why = "building it failed: TypeError: jnt(): incompatible function arguments"
+    assert plan.skipped == [("TestOnlyBroken-v0", why)]
+    assert notes == [f"cmdp benchmark: skipping TestOnlyBroken-v0: {why}"]
+    with pytest.raises(ConfigError, match="no cell to run: TestOnlyBroken-v0: building it failed: TypeError"):
+        plan_grid(GridConfig(out="x", solvers=("PPO",), envs=("TestOnlyBroken-v0",), seeds=(0,)), rows, note=notes.append)
+
+
 def test_eval_schedule_is_in_whole_epochs_and_ends_at_the_last_step():
     assert eval_schedule(100_000, 4096, 4) == [28672, 53248, 77824, 102400]
     assert eval_schedule(1000, 4096, 4) == [4096]

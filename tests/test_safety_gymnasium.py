@@ -115,3 +115,17 @@ def test_ppolag_trains_and_evaluates_on_safety_point_goal(tmp_path):
     assert result["ep_length"] == 1000 and np.isfinite(result["ep_return"]) and result["ep_cost"] >= 0
     assert (tmp_path / "progress.csv").read_text().count("\n") == 1 + 2  # a header and two epochs
     algo.close()
+
+
+@needs_safety_gymnasium
+def test_car_goal_builds_and_steps_on_the_installed_mujoco():
+    # The Car has joint sensors; safety-gymnasium looks their joints up with a one-element array,
+    # which mujoco 4 rejects unless benchmarks/peers/omnisafe_compat.py's import hook is in place
+    env = cmdp.make("SafetyCarGoal1-v0", num_envs=2, seed=3)
+    obs, _ = env.reset()
+    assert obs.shape == (2, 72) and env.cost_names == ("cost",)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        obs, reward, cost, *_ = env.step(rng.uniform(-1, 1, size=(2, 2)))
+        assert np.isfinite(obs).all() and np.isfinite(reward).all() and (cost >= 0).all()
+    env.close()

@@ -193,6 +193,10 @@ def _unavailable(env_id: str, row: EnvSettings) -> str | None:
         return f"cmdp.make does not know this id{missing}"
     except ImportError as e:
         return f"a package it needs is missing: {e}"
+    except Exception as e:  # noqa: BLE001
+        # An env that cannot be built here (a third-party simulator at odds with an installed
+        # dependency, say) costs its own cells, not the grid's: the note says why.
+        return f"building it failed: {type(e).__name__}: {e}"
     env.close()
     return None
 
