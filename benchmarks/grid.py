@@ -24,7 +24,7 @@ from pathlib import Path
 from report import machine_line, update_section  # benchmarks/report.py, beside this script
 from cmdp.benchmark.cells import RESULT_FILE, CellSpec
 from cmdp.benchmark.runner import CELL_TORCH_THREADS
-from cmdp.benchmark.summary import aggregate, markdown_table
+from cmdp.benchmark.summary import OVER_LIMIT_NOTE, aggregate, markdown_table
 from cmdp.cli import main as cmdp_main
 
 FIGURES = Path(__file__).resolve().parent / "figures"
@@ -78,9 +78,7 @@ def _report(path: Path, out: Path, command: str, section: str = "grid") -> None:
         "contention).",
         "",
         f"EpRet and EpCost: the final evaluation of each cell (sampled actions; episodes: {episodes}), "
-        "mean ± std over seeds; EpCost is per episode. "
-        "'over limit': seeds whose final EpCost exceeds the limit on some channel (no tolerance for "
-        "evaluation noise).",
+        f"mean ± std over seeds; EpCost is per episode. {OVER_LIMIT_NOTE}",
         "",
         markdown_table(rows),
     ]

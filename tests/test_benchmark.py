@@ -17,7 +17,7 @@ from cmdp.algorithms import OnPolicyAlgorithm
 from cmdp.benchmark import EnvSettings, GridConfig, plan_grid, run_cell, run_grid
 from cmdp.benchmark import runner as runner_module
 from cmdp.benchmark.cells import eval_schedule
-from cmdp.benchmark.summary import format_limits
+from cmdp.benchmark.summary import aggregate, format_limits, late_evaluations, markdown_table
 from cmdp.cli import main
 from cmdp.errors import ConfigError
 
@@ -87,6 +87,13 @@ def test_tiny_grid_writes_tables_and_plots_that_match_the_cells(tiny_grid):
         limits = [float(x) for x in row["cost_limit"].split(";")]
         over = [any(c["final"]["ep_costs"][n] > lim for n, lim in zip(names, limits)) for c in mine]
         assert float(row["over_limit_fraction"]) == pytest.approx(np.mean(over))
+        late = [
+            any(e["ep_costs"][n] > lim for n, lim in zip(names, limits))
+            for c in mine
+            for e in c["evaluations"][len(c["evaluations"]) // 2 :]
+        ]
+        later_half = {"GridWorld-v0": 2, "TwoChannelGrid-v0": 1}[row["env"]]  # of 3 and 2 evaluations
+        assert len(late) == later_half * len(SEEDS) and float(row["late_over_fraction"]) == pytest.approx(np.mean(late))
         assert float(row["steps_per_second"]) == pytest.approx(np.mean([c["steps_per_second"] for c in mine]))
         success = np.mean([c["final"]["success_rate"] for c in mine])  # the gridworlds report reaching the goal
         assert float(row["success_rate"]) == pytest.approx(success)
@@ -318,6 +325,33 @@ def test_an_env_that_fails_to_build_is_skipped_with_its_error(monkeypatch):
     assert notes == [f"cmdp benchmark: skipping TestOnlyBroken-v0: {why}"]
     with pytest.raises(ConfigError, match="no cell to run: TestOnlyBroken-v0: building it failed: TypeError"):
         plan_grid(GridConfig(out="x", solvers=("PPO",), envs=("TestOnlyBroken-v0",), seeds=(0,)), rows, note=notes.append)
+
+
+def test_late_evaluations_catch_a_swing_that_the_final_one_misses():
+    def evaluation(step, lava, water):
+        return {"step": step, "ep_return": 1.0, "ep_cost": lava + water, "ep_costs": {"lava": lava, "water": water}}
+
+    def cell(seed, evaluations):
+        return {
+            "cell": {"env_id": "TwoChannelGrid-v0", "solver": "PPOLag", "seed": seed},
+            "cost_names": ["lava", "water"],
+            "cost_limit": [0.5, 0.3],
+            "steps": evaluations[-1]["step"],
+            "final": evaluations[-1],
+            "over_limit": False,
+            "evaluations": evaluations,
+            "steps_per_second": 100.0,
+        }
+
+    # seed 0 ends under both limits, but its third of four evaluations is over on water; seed 1
+    # has five evaluations, so its later half is the last three, one of them over on lava
+    swings = cell(0, [evaluation(1, 0.9, 0.9), evaluation(2, 0.1, 0.1), evaluation(3, 0.4, 0.35), evaluation(4, 0.4, 0.2)])
+    odd = cell(1, [evaluation(k, 0.0, 0.0) for k in (1, 2)] + [evaluation(3, 0.6, 0.0)] + [evaluation(k, 0.0, 0.0) for k in (4, 5)])
+    assert [e["step"] for e in late_evaluations(odd)] == [3, 4, 5]
+    (row,) = aggregate([swings, odd])
+    assert (row.over_limit, row.late_over, row.late_evaluations) == (0, 2, 5)
+    assert row.late_over_fraction == pytest.approx(0.4)
+    assert "| 0/2 | 2/5 | 100 |" in markdown_table([row])
 
 
 def test_eval_schedule_is_in_whole_epochs_and_ends_at_the_last_step():

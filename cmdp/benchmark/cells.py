@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from cmdp.benchmark.summary import format_limits
+from cmdp.benchmark.summary import evaluation_over_limit, format_limits
 from cmdp.errors import CheckpointError, ConfigError
 from cmdp.runlog import read_progress, to_jsonable, write_json
 
@@ -194,7 +194,6 @@ def run_cell(spec: CellSpec, cell_dir: str | Path, report: Reporter = _stderr) -
     finally:
         algo.close()
     final = partial.evaluations[-1]
-    over = [final["ep_costs"][name] > limit for name, limit in zip(cost_names, limits)]
     return {
         "name": spec.name,
         "cell": spec.to_dict(),
@@ -202,7 +201,7 @@ def run_cell(spec: CellSpec, cell_dir: str | Path, report: Reporter = _stderr) -
         "cost_names": cost_names,
         "cost_limit": limits,
         "final": final,
-        "over_limit": any(over),
+        "over_limit": evaluation_over_limit(final, cost_names, limits),
         "evaluations": partial.evaluations,
         "steps": final["step"],
         "train_seconds": partial.train_seconds,

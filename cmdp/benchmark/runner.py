@@ -43,7 +43,14 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from cmdp.benchmark import cells as cellmod
 from cmdp.benchmark.cells import CellSpec, eval_schedule, run_cell, summarize_final
 from cmdp.benchmark.settings import ENV_SETTINGS, FULL_SEEDS, SMALL_SEEDS, EnvSettings, settings_table
-from cmdp.benchmark.summary import aggregate, markdown_table, plot_env, write_cells_csv, write_results_csv
+from cmdp.benchmark.summary import (
+    OVER_LIMIT_NOTE,
+    aggregate,
+    markdown_table,
+    plot_env,
+    write_cells_csv,
+    write_results_csv,
+)
 from cmdp.errors import ConfigError, UnknownNameError
 from cmdp.runlog import _atomic_write_text, _duration, to_jsonable, write_json
 
@@ -325,9 +332,8 @@ def write_summary(out: Path, results: Sequence[Mapping[str, Any]], plan: GridPla
     if command:
         lines += [f"Command: `{command}`", ""]
     lines += [
-        "Final evaluation of each cell (sampled actions), mean ± std over seeds; EpCost is per episode; "
-        "'over limit': seeds whose final EpCost exceeds the limit on some channel. "
-        "Learning curves: plots/<env>.png.",
+        "Final evaluation of each cell (sampled actions), mean ± std over seeds; EpCost is per episode. "
+        f"{OVER_LIMIT_NOTE} Learning curves: plots/<env>.png.",
         "",
         table,
     ]

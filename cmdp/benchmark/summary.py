@@ -2,8 +2,11 @@
 
 ``results.csv`` and ``results.md`` have one row per (env, solver): the final evaluation's
 EpRet and EpCost as mean and standard deviation over seeds (``numpy.std``, ddof 0), the
-limit, the fraction of seeds whose final evaluation is over the limit on some channel, and
-the training throughput. ``cells.csv`` has one row per cell. ``plots/<env>.png`` draws the
+limit, the fraction of seeds whose final evaluation is over the limit on some channel, the
+fraction of the later half of all evaluations that are over it, and the training throughput.
+The last column is there because a Lagrangian's last iterate circles the constrained optimum:
+a final evaluation caught at the top of a swing reads as a violation that the evaluation
+before it did not show, and one that happens to sit at the bottom reads as safety. ``cells.csv`` has one row per cell. ``plots/<env>.png`` draws the
 training curves (the mean return and per-channel cost of the episodes that ended in each
 epoch) of every solver, seeds aggregated as their mean and a band of one standard deviation,
 with the limit as a dashed line and the evaluations as points with error bars.
@@ -20,7 +23,16 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["SolverRow", "aggregate", "markdown_table", "plot_env", "write_cells_csv", "write_results_csv"]
+__all__ = [
+    "OVER_LIMIT_NOTE", "SolverRow", "aggregate", "evaluation_over_limit", "late_evaluations", "markdown_table",
+    "plot_env", "write_cells_csv", "write_results_csv",
+]  # fmt: skip
+
+OVER_LIMIT_NOTE = (
+    "'over limit': seeds whose final EpCost exceeds the limit on some channel; 'late evals over': of "
+    "the later half of every seed's evaluations, those over the limit on some channel (no tolerance "
+    "for evaluation noise in either)."
+)
 
 
 @dataclass(frozen=True)
@@ -39,10 +51,27 @@ class SolverRow:
     over_limit: int  # seeds whose final evaluation is over some channel's limit
     steps_per_second: float | None
     success_rate: float | None
+    late_over: int = 0  # evaluations in the later half of each seed's that are over some limit
+    late_evaluations: int = 0  # evaluations in the later halves, summed over seeds
 
     @property
     def over_limit_fraction(self) -> float:
         return self.over_limit / len(self.seeds)
+
+    @property
+    def late_over_fraction(self) -> float | None:
+        return self.late_over / self.late_evaluations if self.late_evaluations else None
+
+
+def evaluation_over_limit(evaluation: Mapping[str, Any], cost_names: Sequence[str], limits: Sequence[float]) -> bool:
+    """Whether an evaluation's mean episode cost is over the limit on some channel."""
+    return any(evaluation["ep_costs"][name] > limit for name, limit in zip(cost_names, limits))
+
+
+def late_evaluations(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The later half of a cell's evaluations (the middle one included when their number is odd)."""
+    evaluations = list(result.get("evaluations") or [result["final"]])
+    return evaluations[len(evaluations) // 2 :]
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -61,6 +90,9 @@ def aggregate(results: Sequence[Mapping[str, Any]]) -> list[SolverRow]:
         finals = [c["final"] for c in cells]
         speeds = [c["steps_per_second"] for c in cells if c.get("steps_per_second")]
         success = [f["success_rate"] for f in finals if f.get("success_rate") is not None]
+        late = [
+            evaluation_over_limit(e, c["cost_names"], c["cost_limit"]) for c in cells for e in late_evaluations(c)
+        ]
         rows.append(
             SolverRow(
                 env_id=env_id,
@@ -75,6 +107,8 @@ def aggregate(results: Sequence[Mapping[str, Any]]) -> list[SolverRow]:
                 over_limit=sum(bool(c["over_limit"]) for c in cells),
                 steps_per_second=float(np.mean(speeds)) if speeds else None,
                 success_rate=float(np.mean(success)) if success else None,
+                late_over=sum(late),
+                late_evaluations=len(late),
             )
         )
     return rows
@@ -90,7 +124,7 @@ def write_results_csv(rows: Sequence[SolverRow], path: Path) -> Path:
         "env", "solver", "seeds", "steps", "cost_channels", "cost_limit",
         "ep_return_mean", "ep_return_std", "ep_cost_mean", "ep_cost_std",
         "ep_cost_channels_mean", "ep_cost_channels_std",
-        "over_limit_fraction", "steps_per_second", "success_rate",
+        "over_limit_fraction", "steps_per_second", "success_rate", "late_over_fraction",
     ]  # fmt: skip
     lines = [
         [
@@ -98,6 +132,7 @@ def write_results_csv(rows: Sequence[SolverRow], path: Path) -> Path:
             *r.ep_return, *r.ep_cost,
             _join(m for m, _ in r.ep_costs), _join(s for _, s in r.ep_costs),
             r.over_limit_fraction, _blank(r.steps_per_second), _blank(r.success_rate),
+            _blank(r.late_over_fraction),
         ]  # fmt: skip
         for r in rows
     ]
@@ -172,8 +207,9 @@ def _pm(mean_std: tuple[float, float]) -> str:
 def markdown_table(rows: Sequence[SolverRow]) -> str:
     """The results as a Markdown table (EpCost per channel when there are several)."""
     lines = [
-        "| env | solver | seeds | steps | EpRet | success | EpCost | limit | over limit | train steps/s |",
-        "|---|---|---:|---:|---|---:|---|---|---:|---:|",
+        "| env | solver | seeds | steps | EpRet | success | EpCost | limit | over limit | late evals over "
+        "| train steps/s |",
+        "|---|---|---:|---:|---|---:|---|---|---:|---:|---:|",
     ]
     for r in rows:
         if len(r.cost_names) == 1:
@@ -184,7 +220,8 @@ def markdown_table(rows: Sequence[SolverRow]) -> str:
         success = "-" if r.success_rate is None else f"{100 * r.success_rate:.0f}%"
         lines.append(
             f"| {r.env_id} | {r.solver} | {len(r.seeds)} | {r.steps:,} | {_pm(r.ep_return)} | {success} | {cost} "
-            f"| {format_limits(r.cost_limit, fmt)} | {r.over_limit}/{len(r.seeds)} | {speed} |"
+            f"| {format_limits(r.cost_limit, fmt)} | {r.over_limit}/{len(r.seeds)} "
+            f"| {r.late_over}/{r.late_evaluations} | {speed} |"
         )
     return "\n".join(lines)
 
