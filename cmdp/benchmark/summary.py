@@ -4,12 +4,13 @@
 EpRet and EpCost as mean and standard deviation over seeds (``numpy.std``, ddof 0), the
 limit, the fraction of seeds whose final evaluation is over the limit on some channel, the
 fraction of the later half of all evaluations that are over it, and the training throughput.
-The last column is there because a Lagrangian's last iterate circles the constrained optimum:
-a final evaluation caught at the top of a swing reads as a violation that the evaluation
-before it did not show, and one that happens to sit at the bottom reads as safety. ``cells.csv`` has one row per cell. ``plots/<env>.png`` draws the
-training curves (the mean return and per-channel cost of the episodes that ended in each
-epoch) of every solver, seeds aggregated as their mean and a band of one standard deviation,
-with the limit as a dashed line and the evaluations as points with error bars.
+The later-half count is there because a Lagrangian's last iterate circles the constrained
+optimum: a final evaluation caught at the top of a swing reads as a violation that the
+evaluation before it did not show, and one caught at the bottom reads as safety.
+``cells.csv`` has one row per cell. ``plots/<env>.png`` draws the training curves (the mean
+return and per-channel cost of the episodes that ended in each epoch) of every solver, seeds
+aggregated as their mean and a band of one standard deviation, with the limit as a dashed line
+and the evaluations as points with error bars.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ class SolverRow:
     over_limit: int  # seeds whose final evaluation is over some channel's limit
     steps_per_second: float | None
     success_rate: float | None
-    late_over: int = 0  # evaluations in the later half of each seed's that are over some limit
-    late_evaluations: int = 0  # evaluations in the later halves, summed over seeds
+    late_over: int  # evaluations in the later half of each seed's that are over some limit
+    late_evaluations: int  # evaluations in the later halves, summed over seeds
 
     @property
     def over_limit_fraction(self) -> float:
