@@ -60,8 +60,8 @@ class SolverRow:
         return self.over_limit / len(self.seeds)
 
     @property
-    def late_over_fraction(self) -> float | None:
-        return self.late_over / self.late_evaluations if self.late_evaluations else None
+    def late_over_fraction(self) -> float:
+        return self.late_over / self.late_evaluations
 
 
 def evaluation_over_limit(evaluation: Mapping[str, Any], cost_names: Sequence[str], limits: Sequence[float]) -> bool:
@@ -71,7 +71,7 @@ def evaluation_over_limit(evaluation: Mapping[str, Any], cost_names: Sequence[st
 
 def late_evaluations(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """The later half of a cell's evaluations (the middle one included when their number is odd)."""
-    evaluations = list(result.get("evaluations") or [result["final"]])
+    evaluations = result["evaluations"]  # never empty: the last one is the cell's final evaluation
     return evaluations[len(evaluations) // 2 :]
 
 
@@ -133,7 +133,7 @@ def write_results_csv(rows: Sequence[SolverRow], path: Path) -> Path:
             *r.ep_return, *r.ep_cost,
             _join(m for m, _ in r.ep_costs), _join(s for _, s in r.ep_costs),
             r.over_limit_fraction, _blank(r.steps_per_second), _blank(r.success_rate),
-            _blank(r.late_over_fraction),
+            r.late_over_fraction,
         ]  # fmt: skip
         for r in rows
     ]
