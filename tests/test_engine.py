@@ -152,6 +152,33 @@ def test_unknown_and_bad_config_values():
         PPOLag(CornerBandit(), cost_limit=1.0, hidden_sizes="64")
 
 
+@pytest.mark.parametrize("scaling", ["shared", "reward"])
+def test_advantage_scaling_combines_reward_and_cost_advantages(scaling):
+    lam = 0.5
+    algo = PPOLag(CornerBandit(), cost_limit=1.0, seed=0, run_dir=False, lambda_init=lam, advantage_scaling=scaling, **FAST)
+    data, _, _ = algo._collect()
+    algo._advantages(data)
+    adv_r, adv_c = data["adv_r"], data["adv_c"][..., 0]
+    if scaling == "shared":  # one scale for both: the multiplier stays reward per unit of cost
+        combined = adv_r - lam * adv_c
+        expected = (combined - combined.mean()) / (adv_r.std() + lam * adv_c.std())
+    else:  # OmniSafe's: the reward advantage standardised, the cost advantage only centred
+        expected = ((adv_r - adv_r.mean()) / adv_r.std() - lam * (adv_c - adv_c.mean())) / (1 + lam)
+    assert torch.allclose(data["adv"], expected, atol=1e-5)
+    # unconstrained PPO has no cost term, so both scalings standardise the reward advantage
+    ppo = PPO(CornerBandit(), seed=0, run_dir=False, advantage_scaling=scaling, **FAST)
+    data, _, _ = ppo._collect()
+    ppo._advantages(data)
+    assert torch.allclose(data["adv"], (data["adv_r"] - data["adv_r"].mean()) / data["adv_r"].std(), atol=1e-5)
+
+
+def test_advantage_scaling_needs_normalised_advantages():
+    with pytest.raises(ConfigError, match="advantage_scaling must be one of"):
+        PPOLag(CornerBandit(), cost_limit=1.0, advantage_scaling="cost")
+    with pytest.raises(ConfigError, match="set normalize_advantages=True"):
+        PPOLag(CornerBandit(), cost_limit=1.0, advantage_scaling="reward", normalize_advantages=False)
+
+
 def test_bad_cost_limits_and_steps():
     with pytest.raises(ConfigError, match="needs cost_limit"):
         PPOLag(CornerBandit())

@@ -29,9 +29,13 @@ def exact_value(algo):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo_cls", [PPOLag, PIDLag, FOCOPS, CPO])
-def test_constrained_solver_reaches_lp_optimum(algo_cls):
-    algo = algo_cls("GridWorld-v0", cost_limit=DEFAULT_COST_LIMIT, seed=0, run_dir=False, **TRAIN)
+@pytest.mark.parametrize(
+    "algo_cls, options",
+    [(PPOLag, {}), (PIDLag, {}), (FOCOPS, {}), (CPO, {}), (PPOLag, {"advantage_scaling": "reward"})],
+    ids=["PPOLag", "PIDLag", "FOCOPS", "CPO", "PPOLag-reward-scaling"],
+)
+def test_constrained_solver_reaches_lp_optimum(algo_cls, options):
+    algo = algo_cls("GridWorld-v0", cost_limit=DEFAULT_COST_LIMIT, seed=0, run_dir=False, **TRAIN, **options)
     optimum = solve_lp(algo.env.unwrapped, DEFAULT_COST_LIMIT)
     algo.learn(STEPS)
     value = exact_value(algo)

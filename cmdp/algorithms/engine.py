@@ -13,8 +13,9 @@ logging and checkpoints. A solver overrides a few hooks:
 ``update_multipliers(stats)``
     before the update, with the epoch's :class:`EpochStats`; Lagrangian solvers step their
     multipliers here.
-``policy_advantage(adv_r, adv_c)``
-    how reward and cost advantages combine into the one advantage the actor maximises.
+``advantage_weights()``
+    the weights ``(w_r, w_c)`` with which reward and cost advantages combine into the one
+    advantage the actor maximises, ``w_r A_R - w_c . A_C``.
 ``actor_loss(out, mb)``
     the actor's loss on a minibatch, returning named terms; the default is PPO's clipped
     surrogate.
@@ -113,6 +114,17 @@ class OnPolicyConfig(Config):
         "w_r std(A_R) + w_c . std(A_C): reward and cost advantages share one scale, and the "
         "multipliers keep their meaning (reward per unit of cost).",
     )
+    advantage_scaling: str = option(
+        "shared",
+        "How normalize_advantages scales the two advantages before they combine. 'shared': one "
+        "scale for both, as above. 'reward': divide A_R by its own std and only centre A_C, as "
+        "OmniSafe and SafePO do; the cost term then weighs in cost units against a unit-std reward "
+        "term, so a multiplier penalises less where rewards per step are small (on "
+        "SafetyPointGoal1-v0 its returns are higher and its cost further over the limit at equal "
+        "steps), and the multiplier that balances a limit is no longer bounded by the reward's "
+        "scale. The same for unconstrained PPO.",
+        choices=("shared", "reward"),
+    )
     normalize_obs: bool = option(True, "Normalise observations with running mean and std (final observations too).")
     network: str = option(
         "mlp",
@@ -150,6 +162,11 @@ class OnPolicyConfig(Config):
     )
 
     def validate(self) -> None:
+        if self.advantage_scaling != "shared" and not self.normalize_advantages:
+            raise ConfigError(
+                f"advantage_scaling={self.advantage_scaling!r} scales the advantages that "
+                "normalize_advantages normalises; set normalize_advantages=True or leave advantage_scaling='shared'"
+            )
         if self.steps_per_epoch % self.num_envs:
             raise ConfigError(
                 f"steps_per_epoch ({self.steps_per_epoch}) must be a multiple of num_envs "
@@ -614,13 +631,17 @@ class OnPolicyAlgorithm:
         data["adv_r"], data["ret"], data["adv_c"], data["cost_ret"] = adv_r, ret, adv_c, cost_ret
         w_r, w_c = self.advantage_weights()
         w_c = torch.as_tensor(w_c, dtype=adv_r.dtype)
-        adv = w_r * adv_r - adv_c @ w_c
-        if c.normalize_advantages:
+        flat_c = adv_c.reshape(-1, adv_c.shape[-1])
+        if not c.normalize_advantages:
+            adv = w_r * adv_r - adv_c @ w_c
+        elif c.advantage_scaling == "reward":
+            adv = w_r * (adv_r - adv_r.mean()) / (adv_r.std() + 1e-8) - (adv_c - flat_c.mean(0)) @ w_c
+        else:
             # Divide by the same weighting of the separate standard deviations, not by the std of
             # the combination: where reward and cost advantages cancel (near the constrained
             # optimum) the step then shrinks instead of being blown up to unit size, so the policy
             # settles on the stochastic optimum rather than jumping between the corners.
-            flat_c = adv_c.reshape(-1, adv_c.shape[-1])
+            adv = w_r * adv_r - adv_c @ w_c
             scale = w_r * adv_r.std() + (flat_c.std(0) * w_c).sum()
             adv = (adv - adv.mean()) / (scale + 1e-8)
         data["adv"] = adv

@@ -7,7 +7,8 @@ The multipliers ascend on the episode cost of the episodes that finished in this
 ascends the combined advantage ``(A_R - sum_k lambda_k A_Ck) / (1 + sum_k lambda_k)``, built from
 raw advantages and scaled by the same weighting of their standard deviations, so reward and cost
 share one scale and the lambda needed stays bounded (standardising only the reward advantage
-makes it grow without bound).
+makes it grow without bound). ``advantage_scaling='reward'`` selects OmniSafe's scaling instead,
+for comparisons with it.
 
 Logged keys: as PPO, plus ``Multiplier/<channel>`` for each cost channel.
 """
