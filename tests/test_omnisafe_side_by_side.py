@@ -78,6 +78,41 @@ def test_verdict_judges_the_targets_on_the_seed_means(sbs):
     assert "EpRet no worse than OmniSafe's counterpart: 0 of 1 (**not met**)" in text
 
 
+def test_training_tail_averages_the_last_tenth_of_both_libraries_curves(sbs, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # build_table imports benchmarks/report.py
+    monkeypatch.setattr(sbs, "versions", lambda: "the peer env's")  # omnisafe is not installed here
+    settings = sbs.Settings(steps=10, steps_per_epoch=10, num_envs=1, cost_limit=25.0, seed=0, eval_episodes=3)
+    # OmniSafe's curve is read from its own progress.csv: 20 epochs, the last two average 11 / 22
+    rows = [(0.0, 90.0)] * 18 + [(10.0, 20.0), (12.0, 24.0)]
+    (tmp_path / "progress.csv").write_text(
+        "Metrics/EpRet,Metrics/EpCost,Metrics/LagrangeMultiplier\n" + "".join(f"{r},{c},0.1\n" for r, c in rows)
+    )
+    omnisafe = _run(100, 100, 6.0, 40.0) | {"log_dir": str(tmp_path), "load_at_start": 1.0, "load_at_end": 1.0}
+    # cmdp's epochs are in its result; an epoch in which no episode finished is left out
+    epochs = [{"ep_return": 0.0, "ep_cost": 90.0}] * 8 + [
+        {"ep_return": None, "ep_cost": None},
+        {"ep_return": 14.0, "ep_cost": 20.0},
+    ]
+    cmdp = _run(300, 300, 5.0, 30.0) | {"epochs": epochs, "load_at_start": 1.0, "load_at_end": 1.0}
+    assert sbs.training_tail(omnisafe) == pytest.approx((11.0, 22.0))
+    assert sbs.training_tail(cmdp) == pytest.approx((14.0, 20.0))  # 9 finished epochs: the last one
+    results = {("omnisafe", "PPOLag", 0): omnisafe, ("cmdp", "PPOLag", 0): cmdp}
+    (pair,) = sbs.summarize_pairs(results, (0,))
+    text = " ".join(sbs.verdict([pair], settings))
+    assert "cmdp 0 of 1 solvers, OmniSafe 0 of 1 (**not met**). EpRet no worse than OmniSafe's counterpart: 0 of 1" in text
+    assert (
+        "On the training tail instead (1 of 1 pairs have both curves): EpCost within the limit of 25: cmdp 1 of 1 "
+        "solvers, OmniSafe 1 of 1 (met). EpRet no worse than OmniSafe's counterpart: 1 of 1 (met)." in text
+    )
+    # a run whose curve is gone (OmniSafe's log dir moved) reads n/a and leaves the tail out of the verdict
+    (tmp_path / "progress.csv").unlink()
+    (pair,) = sbs.summarize_pairs(results, (0,))
+    assert pair.training_tail[0] is None
+    assert "training tail instead" not in " ".join(sbs.verdict([pair], settings))
+    (row,) = [line for line in sbs.build_table(results, settings, "cmd").splitlines() if line.startswith("| PPOLag")]
+    assert row.endswith("| 6.00 / 40.0 | 5.00 / 30.0 | 0.00 / 0.0; 0.00 / 0.0 | n/a; 14.00 / 20.0 |")
+
+
 def test_a_cmdp_variant_keeps_its_own_results_and_shares_omnisafes(sbs, tmp_path):
     import json
     from dataclasses import asdict
