@@ -429,23 +429,13 @@ def summarize_pairs(results: Results, seeds: tuple[int, ...]) -> list[PairSummar
             return tuple(statistics.median(r[key] for r in lib_runs) for lib_runs in runs)
 
         def spread(kind: str) -> tuple[Spread, Spread]:
-            out = []
-            for lib_runs in runs:
-                ret = np.array([r[kind]["ep_return"] for r in lib_runs])
-                cost = np.array([r[kind]["ep_cost"] for r in lib_runs])
-                out.append(Spread(float(ret.mean()), float(ret.std()), float(cost.mean()), float(cost.std())))
-            return tuple(out)
+            return tuple(
+                _over_seeds([(r[kind]["ep_return"], r[kind]["ep_cost"]) for r in lib_runs]) for lib_runs in runs
+            )
 
         def tail() -> tuple[Spread | None, Spread | None]:
-            out = []
-            for lib_runs in runs:
-                means = [training_tail(r) for r in lib_runs]
-                if any(m is None for m in means):
-                    out.append(None)
-                    continue
-                ret, cost = np.array(means).T
-                out.append(Spread(float(ret.mean()), float(ret.std()), float(cost.mean()), float(cost.std())))
-            return tuple(out)
+            means = [[training_tail(r) for r in lib_runs] for lib_runs in runs]
+            return tuple(None if None in lib_means else _over_seeds(lib_means) for lib_means in means)
 
         summaries.append(
             PairSummary(
@@ -460,6 +450,11 @@ def summarize_pairs(results: Results, seeds: tuple[int, ...]) -> list[PairSummar
             )
         )
     return summaries
+
+
+def _over_seeds(ret_cost: list[tuple[float, float]]) -> Spread:
+    ret, cost = np.array(ret_cost, dtype=np.float64).T
+    return Spread(float(ret.mean()), float(ret.std()), float(cost.mean()), float(cost.std()))
 
 
 def training_curve(result: dict) -> list[tuple[float, float]]:
