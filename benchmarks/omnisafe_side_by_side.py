@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import itertools
 import json
 import os
@@ -460,14 +459,15 @@ def _over_seeds(ret_cost: list[tuple[float, float]]) -> Spread:
 def training_curve(result: dict) -> list[tuple[float, float]]:
     """A run's per-epoch training (EpRet, EpCost): cmdp's from its result, OmniSafe's from its own
     progress.csv; epochs in which no episode finished are left out."""
+    from cmdp.runlog import read_progress  # OmniSafe's progress.csv is a headed CSV of numbers, as cmdp's is
+
     if "epochs" in result:
         rows = [(e["ep_return"], e["ep_cost"]) for e in result["epochs"]]
     else:
         progress = Path(result.get("log_dir", "")) / "progress.csv"
         if not progress.is_file():
             return []
-        with progress.open() as f:
-            rows = [(float(r["Metrics/EpRet"]), float(r["Metrics/EpCost"])) for r in csv.DictReader(f)]
+        rows = [(r.get("Metrics/EpRet"), r.get("Metrics/EpCost")) for r in read_progress(progress)]
     return [(r, c) for r, c in rows if r is not None and c is not None and np.isfinite(r) and np.isfinite(c)]
 
 
