@@ -634,18 +634,17 @@ class OnPolicyAlgorithm:
         w_r, w_c = self.advantage_weights()
         w_c = torch.as_tensor(w_c, dtype=adv_r.dtype)
         flat_c = adv_c.reshape(-1, adv_c.shape[-1])
-        if not c.normalize_advantages:
-            adv = w_r * adv_r - adv_c @ w_c
-        elif c.advantage_scaling == "reward":
+        if c.advantage_scaling == "reward":  # validate() ensures normalize_advantages
             adv = w_r * (adv_r - adv_r.mean()) / (adv_r.std() + 1e-8) - (adv_c - flat_c.mean(0)) @ w_c
         else:
-            # Divide by the same weighting of the separate standard deviations, not by the std of
-            # the combination: where reward and cost advantages cancel (near the constrained
-            # optimum) the step then shrinks instead of being blown up to unit size, so the policy
-            # settles on the stochastic optimum rather than jumping between the corners.
             adv = w_r * adv_r - adv_c @ w_c
-            scale = w_r * adv_r.std() + (flat_c.std(0) * w_c).sum()
-            adv = (adv - adv.mean()) / (scale + 1e-8)
+            if c.normalize_advantages:
+                # Divide by the same weighting of the separate standard deviations, not by the std
+                # of the combination: where reward and cost advantages cancel (near the constrained
+                # optimum) the step then shrinks instead of being blown up to unit size, so the
+                # policy settles on the stochastic optimum rather than jumping between the corners.
+                scale = w_r * adv_r.std() + (flat_c.std(0) * w_c).sum()
+                adv = (adv - adv.mean()) / (scale + 1e-8)
         data["adv"] = adv
 
     def _minibatches(self, data: dict[str, Any]) -> Iterator[dict[str, Any]]:
