@@ -45,7 +45,10 @@ results are named ``cmdp-<solver>-<option>=<value>-seed<seed>.json`` beside the 
 the table names the options.
 
 Each finished run writes ``<results-dir>/<library>-<solver>-seed<seed>.json``; a killed benchmark
-run again skips the runs whose JSON matches the current settings. ``--out`` writes the table into
+run again skips the runs whose JSON matches the current settings. A cmdp run also checkpoints
+after every epoch (``.ckpt.pt`` and ``.partial.json`` beside its JSON), so the run that was
+killed continues from its last epoch, and its JSON lists the steps it resumed at; its throughput
+then sums the training time of each part. OmniSafe has no resume: its run starts again. ``--out`` writes the table into
 that Markdown file (section key ``omnisafe``) with date, machine, command and versions.
 """
 
@@ -72,6 +75,7 @@ PAIRS = (("PPOLag", "PPOLag"), ("CPO", "CPO"), ("FOCOPS", "FOCOPS"), ("CPPOPID",
 """(OmniSafe solver, cmdp solver) pairs that are compared."""
 
 REPO = Path(__file__).resolve().parent.parent
+PUBLISHED_STEPS = 10_000_000
 PUBLISHED = {  # OmniSafe's published results: 1e7 steps, 5 seeds, cost limit 25 (EpRet, EpCost)
     "PPOLag": (12.96, 25.80),
     "CPO": (20.46, 28.84),
@@ -177,27 +181,61 @@ def evaluate_both_ways(act: Callable[[np.ndarray, bool], np.ndarray], settings: 
 # ---- one run per process ------------------------------------------------------------------
 
 
-def run_cmdp(solver: str, settings: Settings, workdir: Path) -> dict:
+def resume_paths(result: Path) -> tuple[Path, Path]:
+    """Where a cmdp run keeps its last epoch while it trains: the solver's checkpoint and the
+    script's own records (epoch curve, training time) beside the result it will write."""
+    return result.with_suffix(".ckpt.pt"), result.with_suffix(".partial.json")
+
+
+def read_partial(path: Path, settings: Settings) -> dict | None:
+    """The records of an interrupted run with these settings, or None (none, unreadable, or
+    another run's)."""
+    try:
+        partial = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return partial if partial.get("settings") == json.loads(json.dumps(asdict(settings))) else None
+
+
+def run_cmdp(solver: str, settings: Settings, workdir: Path, result: Path | None = None) -> dict:
+    """Train and evaluate one cmdp run. With ``result`` (the JSON it will become), the run
+    checkpoints after every epoch and a killed run continues from its last finished epoch: a
+    1e7-step run outlasts a working session here."""
     import torch
 
-    from cmdp.algorithms import ALGORITHMS
+    from cmdp.algorithms import ALGORITHMS, load
+    from cmdp.runlog import write_json
 
-    algo = ALGORITHMS[solver](
-        settings.env_id,
-        cost_limit=settings.cost_limit,
-        seed=settings.seed,
-        run_dir=False,
-        progress_bar=False,
-        num_envs=settings.num_envs,
-        steps_per_epoch=settings.steps_per_epoch,
-        hidden_sizes=settings.hidden_sizes,
-        activation=settings.activation,
-        torch_threads=1,
-        env_kwargs={"vectorization": "subproc" if settings.num_envs > 1 else "sync"},
-        **settings.cmdp_kwargs(),
-    )
-    epochs = []
-    train_seconds = cpu_seconds = 0.0
+    ckpt_path, partial_path = resume_paths(result) if result is not None else (None, None)
+    partial = read_partial(partial_path, settings) if ckpt_path is not None and ckpt_path.exists() else None
+    if partial is not None:
+        algo = load(ckpt_path, progress_bar=False)
+        # the records are written after the checkpoint, so they never run ahead of it
+        epochs = [e for e in partial["epochs"] if e["step"] <= algo.global_step]
+        train_seconds, cpu_seconds = partial["train_seconds"], partial["cpu_seconds"]
+        resumed_at = [*partial["resumed_at"], algo.global_step]
+        print(f"cmdp {solver}: resuming at step {algo.global_step} from {ckpt_path}", flush=True)
+    else:
+        from cmdp.core.registry import builtin_ids
+
+        # a built-in CMDP steps all its envs at once in one process; safety-gymnasium's get workers
+        vectorization = "subproc" if settings.num_envs > 1 else "sync"
+        env_kwargs = {} if settings.env_id in builtin_ids() else {"vectorization": vectorization}
+        algo = ALGORITHMS[solver](
+            settings.env_id,
+            cost_limit=settings.cost_limit,
+            seed=settings.seed,
+            run_dir=False,
+            progress_bar=False,
+            num_envs=settings.num_envs,
+            steps_per_epoch=settings.steps_per_epoch,
+            hidden_sizes=settings.hidden_sizes,
+            activation=settings.activation,
+            torch_threads=1,
+            env_kwargs=env_kwargs,
+            **settings.cmdp_kwargs(),
+        )
+        epochs, train_seconds, cpu_seconds, resumed_at = [], 0.0, 0.0, []
     try:
         # one learn() call per epoch, to print progress; learn() continues where it stopped
         while algo.global_step < settings.steps:
@@ -217,17 +255,25 @@ def run_cmdp(solver: str, settings: Settings, workdir: Path) -> dict:
                 }
             )
             print(f"cmdp {solver} step {algo.global_step}: {epochs[-1]}", flush=True)
+            if ckpt_path is not None:
+                algo.save(ckpt_path)
+                record = {"epochs": epochs, "train_seconds": train_seconds, "cpu_seconds": cpu_seconds}
+                write_json(partial_path, {"settings": asdict(settings), "resumed_at": resumed_at, **record})
 
         def act(obs: np.ndarray, deterministic: bool) -> np.ndarray:
             return algo.predict(obs, deterministic=deterministic)[0]
 
-        result = {"train_seconds": train_seconds, "cpu_seconds": cpu_seconds, "steps": algo.global_step}
-        result["epochs"] = epochs
-        result |= evaluate_both_ways(act, settings)
-        result["torch_threads"] = torch.get_num_threads()
-        return result
+        out = {"train_seconds": train_seconds, "cpu_seconds": cpu_seconds, "steps": algo.global_step}
+        out["epochs"] = epochs
+        out["resumed_at"] = resumed_at
+        out |= evaluate_both_ways(act, settings)
+        out["torch_threads"] = torch.get_num_threads()
     finally:
         algo.close()
+    if ckpt_path is not None:  # the result JSON now stands for the run
+        ckpt_path.unlink(missing_ok=True)
+        partial_path.unlink(missing_ok=True)
+    return out
 
 
 def omnisafe_configs(solver: str, settings: Settings, log_dir: Path) -> dict:
@@ -303,8 +349,10 @@ def worker_main(args: argparse.Namespace) -> None:
     library, solver = args.worker.split(":")
     workdir = Path(args.result).parent
     load = os.getloadavg()[0]
-    run = run_cmdp if library == "cmdp" else run_omnisafe
-    result = run(solver, settings, workdir)
+    if library == "cmdp":
+        result = run_cmdp(solver, settings, workdir, Path(args.result))
+    else:
+        result = run_omnisafe(solver, settings, workdir)
     result |= {"library": library, "solver": solver, "settings": asdict(settings), "load_at_start": load}
     result["load_at_end"] = os.getloadavg()[0]
     result["env_steps_per_s"] = result["steps"] / result["train_seconds"]
@@ -488,6 +536,21 @@ def _ret_cost(values: Spread | None, seeds: int) -> str:
     return f"{values.ret:.2f} ± {values.ret_std:.2f} / {values.cost:.1f} ± {values.cost_std:.1f}"
 
 
+def _resumed_phrase(results: Results) -> str:
+    resumed = [
+        f"cmdp {solver} seed {seed} at step{'s' if len(r['resumed_at']) > 1 else ''} "
+        + ", ".join(f"{step:,}" for step in r["resumed_at"])
+        for (library, solver, seed), r in sorted(results.items())
+        if r.get("resumed_at")
+    ]
+    if not resumed:
+        return ""
+    return (
+        " Resumed after an interruption: " + "; ".join(resumed)
+        + " (their throughput sums the training time of each part, under whatever load each part met)."
+    )
+
+
 def build_table(results: Results, settings: Settings, command: str, seeds: tuple[int, ...] = (0,)) -> str:
     from report import machine_line  # benchmarks/report.py, beside this script
 
@@ -509,7 +572,8 @@ def build_table(results: Results, settings: Settings, command: str, seeds: tuple
         f"Throughput counts the training call only (rollout and update). *Wall*: env steps per second of wall time; "
         f"the machine is shared, and the 1-minute load average ranged from {min(loads):.1f} to {max(loads):.1f} "
         f"at the starts and ends of the runs (2 cores), so these depend on what else ran. *CPU*: env steps per "
-        f"CPU-second summed over the run's processes (trainer and env workers), which does not.",
+        f"CPU-second summed over the run's processes (trainer and env workers), which does not."
+        + _resumed_phrase(results),
         "",
         f"Evaluation: the final policy plays {settings.eval_episodes} episodes on seeds {EVAL_SEED}.."
         f"{EVAL_SEED + settings.eval_episodes - 1}, the same for every run, with a frozen observation normaliser; "
@@ -542,12 +606,55 @@ def build_table(results: Results, settings: Settings, command: str, seeds: tuple
         )
     if summaries:
         lines += ["", *verdict(summaries, settings, seeds)]
+    lines += unpaired_rows(results, settings)
     published = ", ".join(f"{k} {r:g} / {c:g}" for k, (r, c) in PUBLISHED.items())
     lines += [
         "",
         f"For scale, OmniSafe's published results after 1e7 steps (5 seeds, EpRet / EpCost): {published}.",
     ]
     return "\n".join(lines)
+
+
+def unpaired_rows(results: Results, settings: Settings) -> list[str]:
+    """cmdp runs with no OmniSafe run at the same settings (``--libraries cmdp``), each beside
+    OmniSafe's published result, which is judged against only at its own length, 1e7 steps."""
+    ours_to_theirs = {ours: theirs for theirs, ours in PAIRS}
+    alone = [
+        (solver, seed, r)
+        for (library, solver, seed), r in sorted(results.items())
+        if library == "cmdp" and ("omnisafe", ours_to_theirs[solver], seed) not in results
+    ]
+    if not alone:
+        return []
+    lines = [
+        "",
+        "cmdp runs without an OmniSafe run at these settings, beside OmniSafe's published result (1e7 steps, 5 seeds):",
+        "",
+        "| cmdp solver | seed | wall env-steps/s | CPU env-steps/s | EpRet / EpCost | deterministic | training tail | OmniSafe published |",
+        "|---|---:|---:|---:|---|---|---|---|",
+    ]
+    for solver, seed, r in alone:
+        def cell(ret_cost: tuple[float, float] | None) -> str:
+            return _ret_cost(None if ret_cost is None else Spread(ret_cost[0], 0.0, ret_cost[1], 0.0), 1)
+
+        sampled, det = ((r[k]["ep_return"], r[k]["ep_cost"]) for k in ("eval_sampled", "eval_deterministic"))
+        pub = PUBLISHED[ours_to_theirs[solver]]
+        lines.append(
+            f"| {solver} | {seed} | {r['env_steps_per_s']:,.0f} | {r['env_steps_per_cpu_s']:,.0f} | {cell(sampled)} "
+            f"| {cell(det)} | {cell(training_tail(r))} | {pub[0]:g} / {pub[1]:g} |"
+        )
+    if settings.steps == PUBLISHED_STEPS:
+        for solver, seed, r in alone:
+            ret, cost = r["eval_sampled"]["ep_return"], r["eval_sampled"]["ep_cost"]
+            pub_ret = PUBLISHED[ours_to_theirs[solver]][0]
+            lines += [
+                "",
+                f"At OmniSafe's published length ({PUBLISHED_STEPS:,} steps), cmdp {solver} seed {seed}: EpCost "
+                f"{cost:.1f} {'within' if cost <= settings.cost_limit else '**over**'} the limit of "
+                f"{settings.cost_limit:g}, EpRet {ret:.2f} {'no worse than' if ret >= pub_ret else '**below**'} OmniSafe's "
+                f"published {pub_ret:g} (a mean over 5 seeds, evaluated by OmniSafe's own protocol, against one seed here).",
+            ]
+    return lines
 
 
 def _options_phrase(settings: Settings) -> str:
@@ -606,6 +713,14 @@ def main() -> None:
         help='JSON object of cmdp solver options replacing its defaults, e.g. \'{"minibatch_size": 64}\'; '
         "the results of such a variant are kept beside the default ones, OmniSafe's are reused",
     )
+    parser.add_argument(
+        "--libraries",
+        nargs="+",
+        choices=("omnisafe", "cmdp"),
+        default=["omnisafe", "cmdp"],
+        help="train only these libraries' runs (finished runs of the other are still tabulated): "
+        "'cmdp' alone for a length OmniSafe cannot reach here, compared with its published result",
+    )
     parser.add_argument("--results-dir", type=Path, default=REPO / "benchmarks" / "results" / "omnisafe")
     parser.add_argument("--out", type=Path, default=None, help="Markdown file to update (e.g. BENCHMARKS.md)")
     parser.add_argument("--section", default="omnisafe", help="key of the section of --out to write")
@@ -636,6 +751,8 @@ def main() -> None:
         one_run = run_settings(settings, library, seed)
         path = result_path(args.results_dir, library, solver, one_run)
         result = load_result(path, one_run)
+        if result is None and library not in args.libraries:
+            continue
         if result is None:
             log = path.with_suffix(".log")
             print(f"[{time.strftime('%H:%M:%S')}] training {library} {solver} seed {seed} (log: {log})", flush=True)

@@ -154,3 +154,57 @@ def test_bad_cmdp_options_stop_the_benchmark_before_any_training(sbs):
         sbs.parse_cmdp_options('{"minibatch_sise": 64}', ["PPOLag", "CPO"])
     with pytest.raises(ConfigError, match="minibatch_size"):
         sbs.parse_cmdp_options('{"minibatch_size": 0}', ["PPOLag"])
+
+
+def test_a_killed_cmdp_run_continues_from_its_last_epoch_as_if_never_stopped(sbs, tmp_path, monkeypatch):
+    import cmdp.runlog
+
+    monkeypatch.setattr(sbs, "evaluate_both_ways", lambda act, settings: {})  # needs safety-gymnasium
+    settings = sbs.Settings(
+        steps=3 * 512, steps_per_epoch=512, num_envs=1, cost_limit=1.0, seed=0, eval_episodes=1, env_id="GridWorld-v0"
+    )
+    whole = sbs.run_cmdp("PPOLag", settings, tmp_path, tmp_path / "whole.json")
+
+    write_json, writes = cmdp.runlog.write_json, []
+
+    def killed_after_two_epochs(path, data):
+        write_json(path, data)
+        writes.append(path)
+        if len(writes) == 2:
+            raise KeyboardInterrupt
+
+    result = tmp_path / "cut.json"
+    monkeypatch.setattr(cmdp.runlog, "write_json", killed_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        sbs.run_cmdp("PPOLag", settings, tmp_path, result)
+    monkeypatch.setattr(cmdp.runlog, "write_json", write_json)
+    ckpt, partial = sbs.resume_paths(result)
+    assert ckpt.exists() and partial.exists()
+    # a different run never picks up these files
+    assert sbs.read_partial(partial, sbs.replace(settings, seed=1)) is None
+
+    resumed = sbs.run_cmdp("PPOLag", settings, tmp_path, result)
+    assert resumed["resumed_at"] == [1024] and whole["resumed_at"] == []
+    assert resumed["steps"] == whole["steps"] == 1536
+    curve = lambda run: [(e["step"], e["ep_return"], e["ep_cost"], e["multipliers"]) for e in run["epochs"]]  # noqa: E731
+    assert curve(resumed) == curve(whole)  # cmdp's exact resume: the same epochs, number for number
+    assert not ckpt.exists() and not partial.exists()  # the result JSON stands for the finished run
+    run = {"resumed_at": [1024]}
+    assert "cmdp PPOLag seed 0 at step 1,024" in sbs._resumed_phrase({("cmdp", "PPOLag", 0): run})
+
+
+def test_a_cmdp_run_alone_is_tabulated_beside_omnisafes_published_result(sbs):
+    run = _run(650, 600, 14.0, 24.0, det_ret=15.0, det_cost=30.0) | {"epochs": [{"ep_return": 13.0, "ep_cost": 22.0}]}
+    settings = sbs.Settings(steps=10_000_000, steps_per_epoch=20_000, num_envs=2, cost_limit=25.0, seed=0, eval_episodes=10)
+    rows = "\n".join(sbs.unpaired_rows({("cmdp", "PPOLag", 0): run}, settings))
+    assert "| PPOLag | 0 | 650 | 600 | 14.00 / 24.0 | 15.00 / 30.0 | 13.00 / 22.0 | 12.96 / 25.8 |" in rows
+    assert "EpCost 24.0 within the limit of 25, EpRet 14.00 no worse than OmniSafe's published 12.96" in rows
+
+    over = run | {"eval_sampled": {"ep_return": 12.0, "ep_cost": 26.0}}
+    rows = "\n".join(sbs.unpaired_rows({("cmdp", "PPOLag", 0): over}, settings))
+    assert "EpCost 26.0 **over** the limit of 25, EpRet 12.00 **below** OmniSafe's published 12.96" in rows
+    # at another length the published result is shown for scale, not judged against
+    shorter = sbs.replace(settings, steps=1_000_000)
+    assert "published 12.96 (" not in "\n".join(sbs.unpaired_rows({("cmdp", "PPOLag", 0): run}, shorter))
+    # a cmdp run that has its OmniSafe counterpart is a pair, not a row here
+    assert sbs.unpaired_rows({("cmdp", "PPOLag", 0): run, ("omnisafe", "PPOLag", 0): run}, settings) == []
