@@ -589,13 +589,16 @@ def build_table(results: Results, settings: Settings, command: str, seeds: tuple
             else " Throughput: median over seeds. EpRet / EpCost: mean ± std over seeds of each seed's "
             "mean over its evaluation episodes."
         ),
-        "",
-        "| OmniSafe / cmdp solver | wall env-steps/s OmniSafe / cmdp | ratio | CPU env-steps/s OmniSafe / cmdp "
-        "| ratio | EpRet / EpCost OmniSafe | EpRet / EpCost cmdp | deterministic OmniSafe; cmdp "
-        "| training tail OmniSafe; cmdp |",
-        "|---|---:|---:|---:|---:|---|---|---|---|",
     ]
     summaries = summarize_pairs(results, seeds)
+    if summaries:
+        lines += [
+            "",
+            "| OmniSafe / cmdp solver | wall env-steps/s OmniSafe / cmdp | ratio | CPU env-steps/s OmniSafe / cmdp "
+            "| ratio | EpRet / EpCost OmniSafe | EpRet / EpCost cmdp | deterministic OmniSafe; cmdp "
+            "| training tail OmniSafe; cmdp |",
+            "|---|---:|---:|---:|---:|---|---|---|---|",
+        ]
     for p in summaries:
         n = len(p.seeds)
         seeds_note = "" if n == len(seeds) else f" ({n} of {len(seeds)} seeds)"
@@ -761,7 +764,10 @@ def main() -> None:
             print(f"[{time.strftime('%H:%M:%S')}] training {library} {solver} seed {seed} (log: {log})", flush=True)
             cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", f"{library}:{solver}"]
             cmd += ["--result", str(path), "--settings", json.dumps(asdict(one_run))]
-            with log.open("w") as out:
+            # appended to: a cmdp run that continues after a kill keeps the log of its first part
+            with log.open("a") as out:
+                out.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] worker started\n")
+                out.flush()
                 proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=args.results_dir)
             if proc.returncode != 0:
                 raise SystemExit(f"{library} {solver} failed (exit {proc.returncode}); see {log}")
