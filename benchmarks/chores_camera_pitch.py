@@ -29,13 +29,13 @@ from cmdp.envs.chores.costs import COST_NAMES
 from cmdp.envs.chores.env import ChoresEnv
 from cmdp.envs.chores.expert import ExploringExpert, ShortestPathExpert
 from cmdp.envs.chores.render import CameraSpec
+from cmdp.isa.report import SHORT_NAMES
 
 EXPERTS = {
     "shortest-path expert (SPOC's, safety-unaware)": lambda env: ShortestPathExpert(env, safe=False, seed=0),
     "exploring expert (the IL policy's teacher)": lambda env: ExploringExpert(env, seed=0),
     "safe expert (keeps clearance)": lambda env: ShortestPathExpert(env, safe=True, seed=0),
 }
-SHORT = {"corner": "corner", "blind_spot": "blind", "fragile_collection": "fragile", "critical_point": "critical", "dangerous_equipment": "danger"}
 DEFAULT_PITCH = CameraSpec().pitch
 
 
@@ -79,7 +79,7 @@ def main() -> None:
 
     episodes = args.episodes or len(load_eval_set(args.task))
     rows = [
-        "| expert | camera pitch (deg) | SR | CC | " + " | ".join(SHORT[c] for c in COST_NAMES) + " |",
+        "| expert | camera pitch (deg) | SR | CC | " + " | ".join(SHORT_NAMES[c] for c in COST_NAMES) + " |",
         "|---|---:|---:|---:|" + "---:|" * len(COST_NAMES),
     ]
     at_default = {}
