@@ -189,16 +189,6 @@ def resume_paths(result: Path) -> tuple[Path, Path]:
     return result.with_suffix(".ckpt.pt"), result.with_suffix(".partial.json")
 
 
-def read_partial(path: Path, settings: Settings) -> dict | None:
-    """The records of an interrupted run with these settings, or None (none, unreadable, or
-    another run's)."""
-    try:
-        partial = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return partial if partial.get("settings") == json.loads(json.dumps(asdict(settings))) else None
-
-
 def run_cmdp(solver: str, settings: Settings, workdir: Path, result: Path | None = None) -> dict:
     """Train and evaluate one cmdp run. With ``result`` (the JSON it will become), the run
     checkpoints after every epoch and a killed run continues from its last finished epoch: a
@@ -209,7 +199,7 @@ def run_cmdp(solver: str, settings: Settings, workdir: Path, result: Path | None
     from cmdp.runlog import write_json
 
     ckpt_path, partial_path = resume_paths(result) if result is not None else (None, None)
-    partial = read_partial(partial_path, settings) if ckpt_path is not None and ckpt_path.exists() else None
+    partial = load_result(partial_path, settings) if ckpt_path is not None and ckpt_path.exists() else None
     if partial is not None:
         algo = load(ckpt_path, progress_bar=False)
         # the records are written after the checkpoint, so they never run ahead of it
@@ -388,11 +378,11 @@ def result_path(results_dir: Path, library: str, solver: str, settings: Settings
 
 
 def load_result(path: Path, settings: Settings) -> dict | None:
-    if not path.exists():
-        return None
+    """A run's JSON (a finished result, or the records of an interrupted cmdp run) if it was
+    written with these settings; None when it is missing, unreadable or another run's."""
     try:
         result = json.loads(path.read_text())
-    except json.JSONDecodeError:
+    except (OSError, json.JSONDecodeError):
         return None
     saved = dict(result.get("settings", {}))
     saved["hidden_sizes"] = tuple(saved.get("hidden_sizes", ()))
@@ -530,11 +520,13 @@ def training_tail(result: dict) -> tuple[float, float] | None:
     return float(np.mean([r for r, _ in tail])), float(np.mean([c for _, c in tail]))
 
 
+def _one_ret_cost(ret_cost: tuple[float, float] | None) -> str:
+    return "n/a" if ret_cost is None else f"{ret_cost[0]:.2f} / {ret_cost[1]:.1f}"
+
+
 def _ret_cost(values: Spread | None, seeds: int) -> str:
-    if values is None:
-        return "n/a"
-    if seeds == 1:
-        return f"{values.ret:.2f} / {values.cost:.1f}"
+    if values is None or seeds == 1:
+        return _one_ret_cost(None if values is None else (values.ret, values.cost))
     return f"{values.ret:.2f} ± {values.ret_std:.2f} / {values.cost:.1f} ± {values.cost_std:.1f}"
 
 
@@ -638,29 +630,24 @@ def unpaired_rows(results: Results, settings: Settings) -> list[str]:
         "| cmdp solver | seed | wall env-steps/s | CPU env-steps/s | EpRet / EpCost | deterministic | training tail | OmniSafe published |",
         "|---|---:|---:|---:|---|---|---|---|",
     ]
-
-    def cell(ret_cost: tuple[float, float] | None) -> str:
-        return _ret_cost(None if ret_cost is None else Spread(ret_cost[0], 0.0, ret_cost[1], 0.0), 1)
-
+    judgements = []
     for solver, seed, r in alone:
-        sampled, det = ((r[k]["ep_return"], r[k]["ep_cost"]) for k in ("eval_sampled", "eval_deterministic"))
-        pub = PUBLISHED[ours_to_theirs[solver]]
+        (ret, cost), det = ((r[k]["ep_return"], r[k]["ep_cost"]) for k in ("eval_sampled", "eval_deterministic"))
+        pub_ret, pub_cost = PUBLISHED[ours_to_theirs[solver]]
         lines.append(
-            f"| {solver} | {seed} | {r['env_steps_per_s']:,.0f} | {r['env_steps_per_cpu_s']:,.0f} | {cell(sampled)} "
-            f"| {cell(det)} | {cell(training_tail(r))} | {pub[0]:g} / {pub[1]:g} |"
+            f"| {solver} | {seed} | {r['env_steps_per_s']:,.0f} | {r['env_steps_per_cpu_s']:,.0f} "
+            f"| {_one_ret_cost((ret, cost))} | {_one_ret_cost(det)} | {_one_ret_cost(training_tail(r))} "
+            f"| {pub_ret:g} / {pub_cost:g} |"
         )
-    if settings.steps == PUBLISHED_STEPS:
-        for solver, seed, r in alone:
-            ret, cost = r["eval_sampled"]["ep_return"], r["eval_sampled"]["ep_cost"]
-            pub_ret = PUBLISHED[ours_to_theirs[solver]][0]
-            lines += [
+        if settings.steps == PUBLISHED_STEPS:
+            judgements += [
                 "",
                 f"At OmniSafe's published length ({PUBLISHED_STEPS:,} steps), cmdp {solver} seed {seed}: EpCost "
                 f"{cost:.1f} {'within' if cost <= settings.cost_limit else '**over**'} the limit of "
                 f"{settings.cost_limit:g}, EpRet {ret:.2f} {'no worse than' if ret >= pub_ret else '**below**'} OmniSafe's "
                 f"published {pub_ret:g} (OmniSafe's mean over 5 seeds from its own benchmark, against one seed here).",
             ]
-    return lines
+    return lines + judgements
 
 
 def _options_phrase(settings: Settings) -> str:

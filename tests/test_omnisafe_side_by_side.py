@@ -181,7 +181,7 @@ def test_a_killed_cmdp_run_continues_from_its_last_epoch_as_if_never_stopped(sbs
     ckpt, partial = sbs.resume_paths(result)
     assert ckpt.exists() and partial.exists()
     # a different run never picks up these files
-    assert sbs.read_partial(partial, sbs.replace(settings, seed=1)) is None
+    assert sbs.load_result(partial, sbs.replace(settings, seed=1)) is None
 
     resumed = sbs.run_cmdp("PPOLag", settings, tmp_path, result)
     assert resumed["resumed_at"] == [1024] and whole["resumed_at"] == []
