@@ -15,6 +15,7 @@ import pytest
 
 import cmdp
 from cmdp.core import registry
+from cmdp.errors import ConfigError
 
 try:
     import safety_gymnasium
@@ -129,3 +130,96 @@ def test_car_goal_builds_and_steps_on_the_installed_mujoco():
         obs, reward, cost, *_ = env.step(rng.uniform(-1, 1, size=(2, 2)))
         assert np.isfinite(obs).all() and np.isfinite(reward).all() and (cost >= 0).all()
     env.close()
+
+
+# ---- keeping the compiled world across resets (cmdp.core.safety_gymnasium_worlds) ----------
+
+
+def _play_side_by_side(env_id, episodes, move_goal_at=None, steps_per_episode=1000):
+    """Episodes of an env that compiles its world at every reset and of one that keeps it, on the
+    same seeds and actions; returns the keeping env's reuse record and the number of steps."""
+    from cmdp.core.safety_gymnasium_worlds import reuse_compiled_world
+
+    compiling, keeping = safety_gymnasium.make(env_id), safety_gymnasium.make(env_id)
+    assert reuse_compiled_world(keeping)
+    rng = np.random.default_rng(1)
+    steps = 0
+    for episode in range(episodes):
+        obs_a, _ = compiling.reset(seed=100 + episode)
+        obs_b, _ = keeping.reset(seed=100 + episode)
+        assert np.array_equal(obs_a, obs_b)
+        for t in range(steps_per_episode):
+            if t == move_goal_at:
+                # what reaching the goal does: the task draws a new goal and writes it into the
+                # model's body_pos, which the next reset must undo
+                for env in (compiling, keeping):
+                    env.unwrapped.task.update_world()
+            action = rng.uniform(-1, 1, compiling.action_space.shape)
+            a, b = compiling.step(action), keeping.step(action)
+            steps += 1
+            assert np.array_equal(a[0], b[0]), (episode, t)
+            assert a[1:5] == b[1:5], (episode, t)
+            if a[3] or a[4]:
+                break
+    return keeping.unwrapped.world_model_reuse, steps
+
+
+@needs_safety_gymnasium
+@pytest.mark.parametrize("env_id", ["SafetyPointGoal1-v0", "SafetyCarGoal1-v0"])
+def test_an_env_that_keeps_its_compiled_world_plays_the_same_episodes_bit_for_bit(env_id):
+    from cmdp.core.safety_gymnasium_worlds import VERIFIED_RESETS
+
+    reuse, steps = _play_side_by_side(env_id, episodes=4, move_goal_at=300)
+    assert steps == 4 * 1000
+    # safety-gymnasium builds the world twice at the first reset: one compile, then every build
+    # writes its layout into that model, the first VERIFIED_RESETS of them compiled as well and
+    # compared
+    assert reuse.enabled and reuse.patches == 1 + 3 and reuse.compiles == 1 + VERIFIED_RESETS
+
+
+@needs_safety_gymnasium
+def test_the_kept_model_equals_a_fresh_compile_of_each_new_layout():
+    import mujoco
+
+    from cmdp.core.safety_gymnasium_worlds import WorldModelReuse, physics_differences
+
+    env = safety_gymnasium.make("SafetyPointGoal2-v0")  # more hazards and vases than level 1
+    layouts = []
+    for seed in range(12):
+        env.reset(seed=seed)
+        layouts.append(env.unwrapped.task.world.xml_string)
+    assert len(set(layouts)) == 12
+    reuse = WorldModelReuse()
+    first = reuse.compile(layouts[0])
+    for xml in layouts[1:]:
+        kept = reuse.compile(xml)
+        assert kept is first  # the same model, rewritten
+        assert physics_differences(kept, mujoco.MjModel.from_xml_string(xml)) == []
+    assert reuse.enabled and reuse.patches == 11
+
+
+@needs_safety_gymnasium
+def test_a_layout_the_model_cannot_take_falls_back_to_compiling_and_says_so():
+    # Button's layout moves geoms within bodies, which writing body poses does not reproduce;
+    # the verifying compile notices at the first new layout
+    with pytest.warns(RuntimeWarning, match="compiles at every reset"):
+        reuse, _ = _play_side_by_side("SafetyPointButton1-v0", episodes=3, steps_per_episode=50)
+    # first reset: a compile and a rebuild of the same layout; second: a patch that its
+    # verifying compile rejects; third: a compile
+    assert not reuse.enabled and reuse.patches == 2 and reuse.compiles == 3
+
+
+@needs_safety_gymnasium
+def test_only_envs_that_cannot_render_keep_their_world_and_make_can_turn_it_off():
+    from cmdp.core.safety_gymnasium_worlds import reuse_compiled_world
+
+    assert not reuse_compiled_world(safety_gymnasium.make("SafetyPointGoal1-v0", render_mode="rgb_array"))
+    assert not reuse_compiled_world(safety_gymnasium.make("SafetyPointGoal1Vision-v0"))
+    kept = cmdp.make("SafetyPointGoal1-v0", num_envs=1, seed=0)
+    compiled = cmdp.make("SafetyPointGoal1-v0", num_envs=1, seed=0, recompile_world=True)
+    assert hasattr(kept.envs[0].unwrapped, "world_model_reuse")
+    assert not hasattr(compiled.envs[0].unwrapped, "world_model_reuse")
+    with pytest.raises(ConfigError, match="recompile_world"):
+        cmdp.make("SafetyPointGoal1-v0", recompile_world="no")
+    kept.close()
+    compiled.close()
