@@ -16,6 +16,13 @@ work an update does per sample is part of what a library is, so it is part of th
 being compared (OmniSafe's PPO-family updates make up to 40 passes in minibatches of 64, cmdp's
 up to 10 passes in minibatches of 1,024; both stop the actor early on a KL limit).
 
+One difference in the envs is cmdp's and is counted as such: safety-gymnasium compiles its MuJoCo
+world from XML at every reset (about 0.4 s, as much CPU as the 1,000 steps of an episode), and
+OmniSafe's runs do; cmdp's envs keep the compiled model and write each new layout into it
+(cmdp.core.safety_gymnasium_worlds), which plays the same episodes bit for bit (tested in the
+peer env). ``--cmdp-recompile-world`` lets cmdp's envs compile too, to measure the libraries on
+the same env cost; those results are kept beside the default ones.
+
 Throughput counts the training call alone (no set-up, no evaluation), rollout and update
 included, two ways: env steps per second of wall time, and env steps per CPU-second summed over
 the run's process tree (trainer and env workers, read from /proc). On a machine shared with
@@ -104,6 +111,11 @@ class Settings:
     cmdp_options: str = ""
     """cmdp solver options that replace its defaults, as canonical JSON ("": none); OmniSafe's runs
     do not depend on it, so theirs are shared by every cmdp variant."""
+
+    recompile_world: bool = False
+    """Whether the run's envs compile their MuJoCo world at every reset, as safety-gymnasium's own
+    reset does (always so for OmniSafe's runs), or keep the compiled model (cmdp's default, the
+    same episodes bit for bit: cmdp.core.safety_gymnasium_worlds)."""
 
     def cmdp_kwargs(self) -> dict[str, Any]:
         return json.loads(self.cmdp_options) if self.cmdp_options else {}
@@ -212,7 +224,11 @@ def run_cmdp(solver: str, settings: Settings, workdir: Path, result: Path | None
 
         # a built-in CMDP steps all its envs at once in one process; safety-gymnasium's get workers
         vectorization = "subproc" if settings.num_envs > 1 else "sync"
-        env_kwargs = {} if settings.env_id in builtin_ids() else {"vectorization": vectorization}
+        env_kwargs = (
+            {}
+            if settings.env_id in builtin_ids()
+            else {"vectorization": vectorization, "recompile_world": settings.recompile_world}
+        )
         algo = ALGORITHMS[solver](
             settings.env_id,
             cost_limit=settings.cost_limit,
@@ -366,14 +382,18 @@ def run_order(pairs: tuple[tuple[str, str], ...], seeds: tuple[int, ...] = (0,))
 
 def run_settings(settings: Settings, library: str, seed: int) -> Settings:
     """The settings of one run. OmniSafe's runs carry no cmdp options, so every cmdp variant
-    shares them."""
-    return replace(settings, seed=seed, cmdp_options=settings.cmdp_options if library == "cmdp" else "")
+    shares them, and their envs compile the world at every reset."""
+    if library != "cmdp":
+        return replace(settings, seed=seed, cmdp_options="", recompile_world=True)
+    return replace(settings, seed=seed)
 
 
 def result_path(results_dir: Path, library: str, solver: str, settings: Settings) -> Path:
     """``<library>-<solver>[-<cmdp options>]-seed<N>.json``: a cmdp variant never overwrites the
     default run."""
     tag = "-".join(f"{k}={v}" for k, v in settings.cmdp_kwargs().items()).replace("/", "_")
+    if library == "cmdp" and settings.recompile_world:
+        tag = "-".join(filter(None, (tag, "recompile_world")))
     return results_dir / f"{library}-{solver}{'-' + tag if tag else ''}-seed{settings.seed}.json"
 
 
@@ -387,6 +407,7 @@ def load_result(path: Path, settings: Settings) -> dict | None:
     saved = dict(result.get("settings", {}))
     saved["hidden_sizes"] = tuple(saved.get("hidden_sizes", ()))
     saved.setdefault("cmdp_options", "")  # results written before cmdp variants existed
+    saved.setdefault("recompile_world", True)  # and before cmdp kept the compiled world
     return result if saved == asdict(settings) else None
 
 
@@ -412,6 +433,16 @@ def versions() -> str:
 
     names = ("cmdp", "omnisafe", "safety-gymnasium", "gymnasium", "torch", "mujoco")
     return ", ".join(f"{n} {version(n)}" for n in names)
+
+
+def _world_phrase(settings: Settings) -> str:
+    if settings.recompile_world:
+        return "Both libraries' envs compile their MuJoCo world from XML at every reset (safety-gymnasium's own reset)."
+    return (
+        "OmniSafe's envs compile their MuJoCo world from XML at every reset (safety-gymnasium's own reset, about "
+        "0.4 s); cmdp's keep the compiled model and write the new layout into it, the same episodes bit for bit "
+        "(cmdp.core.safety_gymnasium_worlds; `--cmdp-recompile-world` turns it off)."
+    )
 
 
 def envs_phrase(num_envs: int) -> str:
@@ -561,7 +592,9 @@ def build_table(results: Results, settings: Settings, command: str, seeds: tuple
         f"networks {list(settings.hidden_sizes)} {settings.activation}, cost limit {settings.cost_limit:g}, one torch "
         f"thread per run; other settings are each library's defaults"
         + (f", except cmdp's {_options_phrase(settings)}" if settings.cmdp_options else "")
-        + ". Runs alternated between the libraries.",
+        + ". "
+        + _world_phrase(settings)
+        + " Runs alternated between the libraries.",
         "",
         f"Throughput counts the training call only (rollout and update). *Wall*: env steps per second of wall time; "
         f"the machine is shared, and the 1-minute load average ranged from {min(loads):.1f} to {max(loads):.1f} "
@@ -707,6 +740,12 @@ def main() -> None:
         "the results of such a variant are kept beside the default ones, OmniSafe's are reused",
     )
     parser.add_argument(
+        "--cmdp-recompile-world",
+        action="store_true",
+        help="let cmdp's envs compile their MuJoCo world at every reset, as OmniSafe's do, instead of "
+        "keeping the compiled model (its results are kept beside the default ones)",
+    )
+    parser.add_argument(
         "--libraries",
         nargs="+",
         choices=("omnisafe", "cmdp"),
@@ -736,6 +775,7 @@ def main() -> None:
         seed=seeds[0],
         eval_episodes=args.eval_episodes,
         cmdp_options=parse_cmdp_options(args.cmdp_options, [ours for _, ours in pairs]),
+        recompile_world=args.cmdp_recompile_world,
     )
     args.results_dir = args.results_dir.resolve()
     args.results_dir.mkdir(parents=True, exist_ok=True)

@@ -113,6 +113,10 @@ def test_training_tail_averages_the_last_tenth_of_both_libraries_curves(sbs, tmp
     assert row.endswith("| 6.00 / 40.0 | 5.00 / 30.0 | 0.00 / 0.0; 0.00 / 0.0 | n/a; 14.00 / 20.0 |")
 
 
+def _file_name(sbs, library, settings):
+    return sbs.result_path(Path("results"), library, "PPOLag", settings).name
+
+
 def test_a_cmdp_variant_keeps_its_own_results_and_shares_omnisafes(sbs, tmp_path):
     import json
     from dataclasses import asdict
@@ -125,19 +129,17 @@ def test_a_cmdp_variant_keeps_its_own_results_and_shares_omnisafes(sbs, tmp_path
     assert theirs_variant == theirs_default  # OmniSafe's run is the same whatever cmdp variant runs
     assert ours_variant.cmdp_kwargs() == {"minibatch_size": 64} and ours_variant.seed == 3
 
-    def name(library, settings):
-        return sbs.result_path(tmp_path, library, "PPOLag", settings).name
-
-    assert name("cmdp", ours_default) == "cmdp-PPOLag-seed3.json"
-    assert name("cmdp", ours_variant) == "cmdp-PPOLag-minibatch_size=64-seed3.json"
-    assert name("omnisafe", theirs_variant) == "omnisafe-PPOLag-seed3.json"
+    assert _file_name(sbs, "cmdp", ours_default) == "cmdp-PPOLag-seed3.json"
+    assert _file_name(sbs, "cmdp", ours_variant) == "cmdp-PPOLag-minibatch_size=64-seed3.json"
+    assert _file_name(sbs, "omnisafe", theirs_variant) == "omnisafe-PPOLag-seed3.json"
 
     saved = asdict(ours_default)
-    del saved["cmdp_options"]  # as results written before variants existed
+    del saved["cmdp_options"], saved["recompile_world"]  # as results written before variants existed
     for file in ("omnisafe-PPOLag-seed3.json", "cmdp-PPOLag-seed3.json"):
         (tmp_path / file).write_text(json.dumps({"settings": saved}))
     assert sbs.load_result(tmp_path / "omnisafe-PPOLag-seed3.json", theirs_variant) is not None
-    assert sbs.load_result(tmp_path / "cmdp-PPOLag-seed3.json", ours_default) is not None
+    old_cmdp_settings = sbs.replace(ours_default, recompile_world=True)  # its envs compiled at reset
+    assert sbs.load_result(tmp_path / "cmdp-PPOLag-seed3.json", old_cmdp_settings) is not None
     assert sbs.load_result(tmp_path / "cmdp-PPOLag-seed3.json", ours_variant) is None  # not the variant's run
     assert sbs.load_result(tmp_path / "cmdp-PPOLag-seed3.json", sbs.replace(ours_default, seed=4)) is None
 
@@ -208,3 +210,29 @@ def test_a_cmdp_run_alone_is_tabulated_beside_omnisafes_published_result(sbs):
     assert "published 12.96 (" not in "\n".join(sbs.unpaired_rows({("cmdp", "PPOLag", 0): run}, shorter))
     # a cmdp run that has its OmniSafe counterpart is a pair, not a row here
     assert sbs.unpaired_rows({("cmdp", "PPOLag", 0): run, ("omnisafe", "PPOLag", 0): run}, settings) == []
+
+
+def test_cmdp_runs_that_recompile_the_world_are_kept_apart_and_older_results_count_as_recompiling(sbs, tmp_path):
+    import json
+    from dataclasses import asdict
+
+    base = sbs.Settings(steps=10, steps_per_epoch=10, num_envs=1, cost_limit=25.0, seed=0, eval_episodes=1)
+    recompiling = sbs.replace(base, recompile_world=True)
+    ours_kept, ours_recompiled = (sbs.run_settings(s, "cmdp", 0) for s in (base, recompiling))
+    theirs = sbs.run_settings(base, "omnisafe", 0)
+    # OmniSafe's envs always compile at reset, whatever cmdp's do, so its run is shared
+    assert theirs == sbs.run_settings(recompiling, "omnisafe", 0) and theirs.recompile_world
+    assert not ours_kept.recompile_world and ours_recompiled.recompile_world
+
+    assert _file_name(sbs, "cmdp", ours_kept) == "cmdp-PPOLag-seed0.json"
+    assert _file_name(sbs, "cmdp", ours_recompiled) == "cmdp-PPOLag-recompile_world-seed0.json"
+    assert _file_name(sbs, "omnisafe", theirs) == "omnisafe-PPOLag-seed0.json"
+
+    # results written before cmdp kept the world were made by recompiling envs
+    saved = asdict(ours_kept)
+    del saved["recompile_world"]
+    (tmp_path / "old.json").write_text(json.dumps({"settings": saved}))
+    assert sbs.load_result(tmp_path / "old.json", ours_recompiled) is not None
+    assert sbs.load_result(tmp_path / "old.json", ours_kept) is None
+    phrase = sbs._world_phrase(ours_kept)
+    assert "cmdp's keep the compiled model" in phrase and "OmniSafe's envs compile" in phrase
