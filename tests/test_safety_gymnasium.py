@@ -215,6 +215,11 @@ def test_only_envs_that_cannot_render_keep_their_world_and_make_can_turn_it_off(
 
     assert not reuse_compiled_world(safety_gymnasium.make("SafetyPointGoal1-v0", render_mode="rgb_array"))
     assert not reuse_compiled_world(safety_gymnasium.make("SafetyPointGoal1Vision-v0"))
+    env = safety_gymnasium.make("SafetyPointGoal1-v0")
+    assert reuse_compiled_world(env) and reuse_compiled_world(env)  # a second call changes nothing
+    env.reset(seed=0)
+    env.reset(seed=1)
+    assert env.unwrapped.world_model_reuse.patches == 2
     kept = cmdp.make("SafetyPointGoal1-v0", num_envs=1, seed=0)
     compiled = cmdp.make("SafetyPointGoal1-v0", num_envs=1, seed=0, recompile_world=True)
     assert hasattr(kept.envs[0].unwrapped, "world_model_reuse")

@@ -61,6 +61,8 @@ def reuse_compiled_world(env: Any) -> bool:
     render = getattr(builder, "render_parameters", None)
     if task is None or render is None or not callable(getattr(builder, "reset", None)):
         return False
+    if isinstance(getattr(builder, "world_model_reuse", None), WorldModelReuse):
+        return True
     if getattr(render, "mode", None) is not None or getattr(task, "observe_vision", False):
         return False
     if not _route_world_compiles():
