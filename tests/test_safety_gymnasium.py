@@ -199,13 +199,31 @@ def test_the_kept_model_equals_a_fresh_compile_of_each_new_layout():
 
 
 @needs_safety_gymnasium
-def test_a_layout_the_model_cannot_take_falls_back_to_compiling_and_says_so():
-    # Button's layout moves geoms within bodies, which writing body poses does not reproduce;
-    # the verifying compile notices at the first new layout
-    with pytest.warns(RuntimeWarning, match="compiles at every reset"):
-        reuse, _ = _play_side_by_side("SafetyPointButton1-v0", episodes=3, steps_per_episode=50)
-    # first reset: a compile and a rebuild of the same layout; second: a patch that its
-    # verifying compile rejects; third: a compile
+def test_a_layout_that_differs_beyond_body_poses_is_compiled():
+    # Button's layouts move geoms within bodies, which writing body poses would not reproduce
+    reuse, steps = _play_side_by_side("SafetyPointButton1-v0", episodes=3, steps_per_episode=50)
+    assert reuse.enabled and steps == 3 * 50
+    # the first reset's second build rewrites the layout just compiled; every new one is compiled
+    assert reuse.patches == 1 and reuse.compiles == 3
+
+
+@needs_safety_gymnasium
+def test_a_patch_that_misses_something_is_caught_by_the_verifying_compile(monkeypatch):
+    from cmdp.core import safety_gymnasium_worlds
+
+    patch = safety_gymnasium_worlds.WorldModelReuse._patch
+
+    def patch_but_forget_the_last_body(self, xml):
+        last = self.model.body_pos[-1].copy()  # a hazard, in SafetyPointGoal1
+        patch(self, xml)
+        self.model.body_pos[-1] = last
+
+    monkeypatch.setattr(safety_gymnasium_worlds.WorldModelReuse, "_patch", patch_but_forget_the_last_body)
+    with pytest.warns(RuntimeWarning, match="body_pos.*compiles at every reset"):
+        reuse, steps = _play_side_by_side("SafetyPointGoal1-v0", episodes=3, steps_per_episode=50)
+    assert steps == 3 * 50  # and every step equal: the rejected model was never used
+    # first reset: a compile and a rewrite of that layout; second: a patch that its verifying
+    # compile rejects; third: a compile
     assert not reuse.enabled and reuse.patches == 2 and reuse.compiles == 3
 
 

@@ -4,8 +4,9 @@ safety-gymnasium 1.0.0 rebuilds its world from XML at every reset: ``World.build
 layout into an XML string and calls ``mujoco.MjModel.from_xml_string``. The compile decodes the
 skybox's six PNG files into 191 MB of texture each time, about 0.4 s of CPU per reset on this
 project's machine, as much as the 1,000 steps of the episode that follows. Between two resets of
-one task the XML differs only in where things are: the ``pos`` and ``quat`` of bodies (agent,
-goal, hazards, vases) and the pose of the tracking camera.
+one task of the Goal family the XML differs only in where things are: the ``pos`` and ``quat`` of
+bodies (agent, goal, hazards, vases) and the pose of the tracking camera. A layout whose XML
+differs anywhere else (Button's moves geoms within their bodies) is compiled as before.
 
 :func:`reuse_compiled_world` makes one env keep its compiled model and, at each later reset,
 write the new poses into it instead: body positions and orientations (normalised as MuJoCo's
@@ -16,7 +17,7 @@ array is restored from a snapshot taken at the compile, so that what the task ch
 episode (the goal is moved by writing ``body_pos``) does not leak into the next one.
 
 Whether that reproduces the compile is checked, not assumed: the first
-:data:`VERIFIED_RESETS` patched resets of each env also compile the XML and compare every model
+:data:`VERIFIED_RESETS` new layouts of each env are also compiled, and compared on every model
 array that the physics and the observations read (all but cameras' and lights' poses, which only
 rendering reads, and the visual statistics). On any difference the env goes back to compiling
 at every reset and says so in a warning. The tests show equal observations, rewards and costs,
@@ -41,8 +42,9 @@ __all__ = ["reuse_compiled_world", "WorldModelReuse", "VERIFIED_RESETS"]
 VERIFIED_RESETS = 2
 """Patched resets per env that are also compiled and compared before patching is trusted."""
 
-_POSE_ATTRIBUTE = re.compile(r' (pos|quat|xyaxes)="[^"]*"')
 _BODY_POSE = re.compile(r'<body name="([^"]+)" pos="([^"]*)" quat="([^"]*)">')
+_CAMERA_TAG = re.compile(r"<camera [^>]*>")
+_CAMERA_POSE = re.compile(r' (pos|xyaxes)="[^"]*"')
 _RENDER_ONLY_PREFIXES = ("cam_", "light_")
 # model arrays larger than this are assets (textures above all) that a pose never changes
 _SNAPSHOT_MAX_BYTES = 1 << 20
@@ -97,7 +99,7 @@ class WorldModelReuse:
         self._massless_frames: set[int] = set()
 
     def compile(self, xml: str) -> Any:
-        if not self.enabled or self.model is None or _POSE_ATTRIBUTE.sub("", xml) != self._layout_free_xml:
+        if not self.enabled or self.model is None or _without_poses(xml) != self._layout_free_xml:
             return self._compile_anew(xml)
         self._patch(xml)
         self.patches += 1
@@ -126,7 +128,7 @@ class WorldModelReuse:
         self.compiles += 1
         self.model = model
         self._compiled_xml = xml
-        self._layout_free_xml = _POSE_ATTRIBUTE.sub("", xml)
+        self._layout_free_xml = _without_poses(xml)
         self._snapshot = {
             name: array.copy()
             for name in _array_fields(model)
@@ -170,6 +172,13 @@ class WorldModelReuse:
             total += float(inertia)
         if model.nv:
             model.stat.meaninertia = total / model.nv
+
+
+def _without_poses(xml: str) -> str:
+    """The XML with what a patch writes blanked out: the poses of bodies and of cameras. Two
+    layouts whose XML differs anywhere else (a geom moved within its body, say) need a compile."""
+    xml = _BODY_POSE.sub(lambda m: f'<body name="{m.group(1)}">', xml)
+    return _CAMERA_TAG.sub(lambda m: _CAMERA_POSE.sub("", m.group(0)), xml)
 
 
 def physics_differences(model: Any, reference: Any) -> list[str]:
