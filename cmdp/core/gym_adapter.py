@@ -568,7 +568,7 @@ def make_safety_gymnasium(
 
     Envs that cannot render keep their compiled MuJoCo model across resets instead of
     recompiling it from XML at each (:mod:`cmdp.core.safety_gymnasium_worlds`: the same
-    episodes, bit for bit, at 0.02 s per reset instead of 0.4 s); ``recompile_world=True``
+    episodes, bit for bit, at about 0.01 s of CPU per reset instead of 0.4 s); ``recompile_world=True``
     keeps safety-gymnasium's own reset. Other arguments as in :func:`from_env_fns`.
     """
     _check_num_envs(num_envs)
