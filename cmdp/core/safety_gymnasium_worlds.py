@@ -20,8 +20,10 @@ Whether that reproduces the compile is checked, not assumed: the first
 :data:`VERIFIED_RESETS` new layouts of each env are also compiled, and compared on every model
 array that the physics and the observations read (all but cameras' and lights' poses, which only
 rendering reads, and the visual statistics). On any difference the env goes back to compiling
-at every reset and says so in a warning. The tests show equal observations, rewards and costs,
-bit for bit, against envs that compile, over many episodes of the Goal tasks.
+at every reset and says so in a warning. The peer-env tests show equal observations, rewards
+and costs, bit for bit, against envs that compile (SafetyPointGoal1 and SafetyCarGoal1, with the
+goal moved mid-episode), and a kept model equal to a fresh compile over 11 layouts of
+SafetyPointGoal2.
 
 Only envs that cannot render use it (no ``render_mode``, no vision observation), since the
 cameras are not moved.
