@@ -389,8 +389,8 @@ def run_settings(settings: Settings, library: str, seed: int) -> Settings:
 
 
 def result_path(results_dir: Path, library: str, solver: str, settings: Settings) -> Path:
-    """``<library>-<solver>[-<cmdp options>]-seed<N>.json``: a cmdp variant never overwrites the
-    default run."""
+    """``<library>-<solver>[-<cmdp options>][-recompile_world]-seed<N>.json``: a cmdp variant never
+    overwrites the default run."""
     tag = "-".join(f"{k}={v}" for k, v in settings.cmdp_kwargs().items()).replace("/", "_")
     if library == "cmdp" and settings.recompile_world:
         tag = "-".join(filter(None, (tag, "recompile_world")))

@@ -599,7 +599,7 @@ def _import_safety_gymnasium() -> Any:
     return safety_gymnasium
 
 
-def _make_safety_env(env_id: str, kwargs: Mapping[str, Any], reuse_world: bool = False) -> gym.Env:
+def _make_safety_env(env_id: str, kwargs: Mapping[str, Any], reuse_world: bool) -> gym.Env:
     # module level (not a lambda) so that worker processes can unpickle it
     env = _import_safety_gymnasium().make(env_id, **kwargs)
     if reuse_world:

@@ -42,7 +42,7 @@ import numpy as np
 __all__ = ["reuse_compiled_world", "WorldModelReuse", "VERIFIED_RESETS"]
 
 VERIFIED_RESETS = 2
-"""Patched resets per env that are also compiled and compared before patching is trusted."""
+"""New layouts per env that are also compiled and compared before patching is trusted."""
 
 _BODY_POSE = re.compile(r'<body name="([^"]+)" pos="([^"]*)" quat="([^"]*)">')
 _CAMERA_TAG = re.compile(r"<camera [^>]*>")
