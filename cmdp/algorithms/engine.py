@@ -154,6 +154,18 @@ class OnPolicyConfig(Config):
     checkpoint_every: int = option(
         0, "Write run_dir/checkpoint.pt every this many epochs (0: only when learn() returns).", ge=0
     )
+    rollout_workers: int = option(
+        0,
+        "Collect each epoch in this many worker processes, each stepping num_envs / rollout_workers "
+        "envs with a copy of the policy, instead of in this process (0). A worker acts for its "
+        "own envs, so nothing crosses a process boundary per step: use it when the envs are cheap "
+        "enough that the per-step round trip to env workers costs as much as the simulation "
+        "(SafetyPointGoal1-v0 on 2 cores: BENCHMARKS.md, omnisafe). Feed-forward policies only; "
+        "the env must be an id or a callable; each worker steps its envs in its own process, "
+        "one after another (a vectorization given in env_kwargs applies to the training "
+        "process's env only); the observation statistics are merged after every epoch.",
+        ge=0,
+    )
     tensorboard: bool = option(True, "Write TensorBoard event files to the run directory.")
     progress_bar: bool = option(True, "Show a live progress line in the terminal.")
     env_kwargs: dict | None = option(
@@ -168,6 +180,11 @@ class OnPolicyConfig(Config):
             raise ConfigError(
                 f"advantage_scaling={self.advantage_scaling!r} scales the advantages that "
                 "normalize_advantages normalises; set normalize_advantages=True or leave advantage_scaling='shared'"
+            )
+        if self.rollout_workers and self.num_envs % self.rollout_workers:
+            raise ConfigError(
+                f"num_envs ({self.num_envs}) must be a multiple of rollout_workers ({self.rollout_workers}): "
+                "every worker steps the same number of envs"
             )
         if self.steps_per_epoch % self.num_envs:
             raise ConfigError(
@@ -228,6 +245,14 @@ class OnPolicyAlgorithm:
                 f"the policy has {self.policy.num_costs} cost critics but the env has "
                 f"{self.env.num_costs} cost channels {list(self.cost_names)}"
             )
+        if self.config.rollout_workers:
+            from cmdp.algorithms.rollout_workers import check_rollout_workers
+
+            try:
+                check_rollout_workers(self)
+            except ConfigError:
+                self.env.close()
+                raise
         # the frozen start of a fine-tune; a loaded checkpoint puts back the anchor it saved
         self.anchor = _frozen_copy(self.policy) if self.config.anchor_kl > 0 else None
         self.actor_optimizer = torch.optim.Adam(self.policy.actor_parameters(), lr=self.config.actor_lr)
@@ -251,6 +276,7 @@ class OnPolicyAlgorithm:
         # the actor's weights summed over the averaged tail of a learn() to _tail_total steps
         self._tail: WeightAverage | None = None
         self._tail_total: int | None = None
+        self._rollout_workers: Any = None  # started by the first epoch when config.rollout_workers
         self.setup()
 
     # ---- construction ---------------------------------------------------------------------
@@ -276,8 +302,11 @@ class OnPolicyAlgorithm:
         from cmdp.core.registry import make
         from cmdp.core.wrappers import NormalizeObservation
 
+        env_kwargs = self.config.env_kwargs
+        if self.config.rollout_workers:  # this process's env is never stepped: no env workers for it
+            env_kwargs = {k: v for k, v in env_kwargs.items() if k != "vectorization"}
         if isinstance(env, str):
-            venv = make(env, num_envs=num_envs, seed=seed, **self.config.env_kwargs)
+            venv = make(env, num_envs=num_envs, seed=seed, **env_kwargs)
         elif isinstance(env, VectorCMDP):
             venv = env
             if venv.num_envs != num_envs and obs_rms is None:
@@ -290,7 +319,7 @@ class OnPolicyAlgorithm:
         elif callable(env):
             from cmdp.core.gym_adapter import from_env_fns
 
-            venv = from_env_fns([env] * num_envs, seed=seed, **self.config.env_kwargs)
+            venv = from_env_fns([env] * num_envs, seed=seed, **env_kwargs)
         else:
             raise ConfigError(
                 f"env must be an env id, a VectorCMDP, or a callable returning a gymnasium env; "
@@ -466,6 +495,35 @@ class OnPolicyAlgorithm:
         return obs, clean(reward), clean(cost), final_obs, bad
 
     def _collect(self) -> tuple[dict[str, Any], EpochStats, dict[str, float]]:
+        if self.config.rollout_workers:
+            if self._rollout_workers is None:
+                from cmdp.algorithms.rollout_workers import RolloutWorkers
+
+                self._rollout_workers = RolloutWorkers(self)
+            data, episodes, t_env = self._rollout_workers.collect(self)
+        else:
+            data, episodes, t_env = self.collect_here()
+        ep_returns, ep_costs, ep_lengths = episodes["returns"], episodes["costs"], episodes["lengths"]
+        stats = self._epoch_stats(ep_returns, ep_costs, ep_lengths)
+        info: dict[str, Any] = {"time_env": t_env}
+        if ep_returns:
+            info.update(
+                {
+                    "Metrics/EpRet": float(np.mean(ep_returns)),
+                    "Metrics/EpLen": float(np.mean(ep_lengths)),
+                    "Metrics/EpCost": float(np.sum(np.mean(ep_costs, axis=0))),
+                    "Metrics/Episodes": len(ep_returns),
+                }
+            )
+            for name, v in zip(self.cost_names, np.mean(ep_costs, axis=0)):
+                info[f"Metrics/EpCost/{name}"] = float(v)
+            if episodes["successes"]:
+                info["Metrics/SuccessRate"] = float(np.mean(episodes["successes"]))
+        return data, stats, info
+
+    def collect_here(self) -> tuple[dict[str, Any], dict[str, list], float]:
+        """One epoch's rollout in this process: the data, the episodes that finished (returns,
+        costs, lengths, successes) and the seconds spent in ``env.step``."""
         c = self.config
         env, policy = self.env, self.policy
         n, k = env.num_envs, env.num_costs
@@ -570,22 +628,8 @@ class OnPolicyAlgorithm:
             "episode_start": episode_start,
             "start_state": start_state,
         }
-        stats = self._epoch_stats(ep_returns, ep_costs, ep_lengths)
-        info = {"time_env": t_env}
-        if ep_returns:
-            info.update(
-                {
-                    "Metrics/EpRet": float(np.mean(ep_returns)),
-                    "Metrics/EpLen": float(np.mean(ep_lengths)),
-                    "Metrics/EpCost": float(np.sum(np.mean(ep_costs, axis=0))),
-                    "Metrics/Episodes": len(ep_returns),
-                }
-            )
-            for name, v in zip(self.cost_names, np.mean(ep_costs, axis=0)):
-                info[f"Metrics/EpCost/{name}"] = float(v)
-            if successes:
-                info["Metrics/SuccessRate"] = float(np.mean(successes))
-        return data, stats, info
+        episodes = {"returns": ep_returns, "costs": ep_costs, "lengths": ep_lengths, "successes": successes}
+        return data, episodes, t_env
 
     def _epoch_stats(self, ep_returns: list[float], ep_costs: list[np.ndarray], ep_lengths: list[int]) -> EpochStats:
         if ep_returns:
@@ -1073,6 +1117,9 @@ class OnPolicyAlgorithm:
         return algo
 
     def close(self) -> None:
+        if self._rollout_workers is not None:
+            self._rollout_workers.close()
+            self._rollout_workers = None
         self.env.close()
 
 

@@ -55,6 +55,20 @@ class RunningMeanStd:
         self.var = m2 / total
         self.count = float(total)
 
+    def moments_since(self, earlier: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, float]:
+        """Mean, population variance and count of the samples merged since ``earlier`` (a
+        :meth:`state_dict` of this same stream), so that another copy of ``earlier`` can merge
+        them with :meth:`update_from_moments`: copies that saw different samples combine exactly
+        (up to rounding) into the statistics of all of them."""
+        n0, n1 = float(earlier["count"]), self.count
+        added = n1 - n0
+        if added <= 0:
+            return np.zeros(self.shape), np.zeros(self.shape), 0.0
+        m0, v0 = np.asarray(earlier["mean"], dtype=np.float64), np.asarray(earlier["var"], dtype=np.float64)
+        mean = (n1 * self.mean - n0 * m0) / added
+        m2 = n1 * self.var - n0 * v0 - np.square(mean - m0) * (n0 * added / n1)
+        return mean, np.maximum(m2 / added, 0.0), added
+
     def normalize(self, x: Any, clip: float | None = None, epsilon: float = 1e-8) -> np.ndarray:
         """``(x - mean) / sqrt(var + epsilon)``, clipped to ``[-clip, clip]`` if ``clip``; float32."""
         out = (np.asarray(x, dtype=np.float64) - self.mean) / np.sqrt(self.var + epsilon)
