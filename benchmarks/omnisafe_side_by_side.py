@@ -445,7 +445,14 @@ def _world_phrase(settings: Settings) -> str:
     )
 
 
-def envs_phrase(num_envs: int) -> str:
+def envs_phrase(settings: Settings) -> str:
+    num_envs, workers = settings.num_envs, settings.cmdp_kwargs().get("rollout_workers", 0)
+    if workers:
+        return (
+            f"{num_envs} envs, OmniSafe's in worker processes (safety-gymnasium's async vector env), cmdp's in "
+            f"{workers} rollout workers, each stepping {num_envs // workers} and acting for "
+            f"{'it' if num_envs == workers else 'them'} with a copy of the policy (`rollout_workers`)"
+        )
     if num_envs == 1:
         return "1 env in the training process (OmniSafe's single-env wrappers, cmdp's sync vector env)"
     return f"{num_envs} envs in worker processes (safety-gymnasium's async vector env, cmdp's SubprocVectorCMDP)"
@@ -588,7 +595,7 @@ def build_table(results: Results, settings: Settings, command: str, seeds: tuple
         f"Versions: {versions()}.",
         "",
         f"`{settings.env_id}`, {settings.steps:,} env steps per solver, {seed_phrase}, "
-        f"{settings.steps_per_epoch:,} steps per epoch, {envs_phrase(settings.num_envs)}, "
+        f"{settings.steps_per_epoch:,} steps per epoch, {envs_phrase(settings)}, "
         f"networks {list(settings.hidden_sizes)} {settings.activation}, cost limit {settings.cost_limit:g}, one torch "
         f"thread per run; other settings are each library's defaults"
         + (f", except cmdp's {_options_phrase(settings)}" if settings.cmdp_options else "")
