@@ -94,14 +94,17 @@ class RolloutWorkers:
 
         normalizer = _find_normalizer(algo.env)
         rms_start = None if normalizer is None else normalizer.obs_rms_state_dict()
+        # copies: a tensor sent to another process is moved into shared memory, and the
+        # policy's own parameters should stay where they are
         weights = {k: v.detach().clone() for k, v in algo.policy.state_dict().items()}
         for conn in self._conns:
             conn.send(("collect", (weights, rms_start)))
         parts = [self._receive(k) for k in range(len(self._conns))]
         if normalizer is not None:
+            current = normalizer.obs_rms
+            ours = dict(current) if isinstance(current, dict) else {} if current is None else {"": current}
             for part in parts:
-                for key, rms in normalizer._rms.items():
-                    name = "" if key is None else key
+                for name, rms in ours.items():
                     rms.update_from_moments(*part["rms"][name].moments_since(rms_start[name]))
         episodes: dict[str, list] = {"returns": [], "costs": [], "lengths": [], "successes": []}
         for part in parts:
