@@ -157,3 +157,22 @@ def test_bad_settings_are_config_errors():
     env = make("PointGoal-v0", num_envs=4)
     with pytest.raises(ConfigError, match="an id or a callable"):
         PPOLag(env, cost_limit=5.0, rollout_workers=2, **OPTIONS)
+
+
+def test_a_run_with_workers_resumes_from_its_checkpoint(tmp_path):
+    algo = PPOLag("PointGoal-v0", cost_limit=5.0, seed=0, rollout_workers=2, **OPTIONS)
+    try:
+        algo.learn(256)
+        path = algo.save(tmp_path / "ckpt.pt")
+        count = algo.env.obs_rms.count
+    finally:
+        algo.close()
+    again = PPOLag.load(path, progress_bar=False)
+    try:
+        assert again.config.rollout_workers == 2 and again.global_step == 256
+        assert again.env.obs_rms.count == count  # the merged statistics came back
+        again.learn(512)
+        assert again.global_step == 512
+        assert again.env.obs_rms.count == count + 4 + 256  # new episodes: new first observations
+    finally:
+        again.close()
