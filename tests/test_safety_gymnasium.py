@@ -119,6 +119,32 @@ def test_ppolag_trains_and_evaluates_on_safety_point_goal(tmp_path):
 
 
 @needs_safety_gymnasium
+def test_rollout_workers_collect_safety_point_goal_episodes():
+    from cmdp.algorithms import CPO
+
+    algo = CPO(
+        "SafetyPointGoal1-v0",
+        cost_limit=25.0,
+        seed=0,
+        run_dir=False,
+        progress_bar=False,
+        num_envs=2,
+        steps_per_epoch=2000,
+        rollout_workers=2,
+    )
+    try:
+        algo.learn(2000)
+        info = algo.last_info
+        # each worker played its env's first episode to the end
+        assert info["Metrics/EpLen"] == 1000 and info["Metrics/Episodes"] == 2
+        assert np.isfinite(info["Metrics/EpRet"]) and 0 <= info["Metrics/EpCost"] <= 2000
+        assert algo.env.obs_rms.count == 2 + 2000  # both workers' observations, merged
+        assert np.all(algo.env.obs_rms.var >= 0) and np.any(algo.env.obs_rms.var > 1)
+    finally:
+        algo.close()
+
+
+@needs_safety_gymnasium
 def test_car_goal_builds_and_steps_on_the_installed_mujoco():
     # The Car has joint sensors; safety-gymnasium looks their joints up with a one-element array,
     # which mujoco 4 rejects unless benchmarks/peers/omnisafe_compat.py's import hook is in place
