@@ -606,7 +606,7 @@ def build_table(results: Results, settings: Settings, command: str, seeds: tuple
         f"Throughput counts the training call only (rollout and update). *Wall*: env steps per second of wall time; "
         f"the machine is shared, and the 1-minute load average ranged from {min(loads):.1f} to {max(loads):.1f} "
         f"at the starts and ends of the runs (2 cores), so these depend on what else ran. *CPU*: env steps per "
-        f"CPU-second summed over the run's processes (trainer and env workers), which does not."
+        f"CPU-second summed over the run's processes (the trainer and every worker process it started), which does not."
         + _resumed_phrase(results),
         "",
         f"Evaluation: the final policy plays {settings.eval_episodes} episodes on seeds {EVAL_SEED}.."
