@@ -303,8 +303,10 @@ class OnPolicyAlgorithm:
         from cmdp.core.wrappers import NormalizeObservation
 
         env_kwargs = self.config.env_kwargs
-        if self.config.rollout_workers:  # this process's env is never stepped: no env workers for it
-            env_kwargs = {k: v for k, v in env_kwargs.items() if k != "vectorization"}
+        if self.config.rollout_workers:
+            from cmdp.algorithms.rollout_workers import without_vectorization
+
+            env_kwargs = without_vectorization(env_kwargs)
         if isinstance(env, str):
             venv = make(env, num_envs=num_envs, seed=seed, **env_kwargs)
         elif isinstance(env, VectorCMDP):
@@ -597,7 +599,7 @@ class OnPolicyAlgorithm:
                     ep_lengths.append(int(self._ep_len[i]))
                     if success is not None:
                         successes.append(bool(success[i]))
-                self._recent_lengths = (self._recent_lengths + [int(self._ep_len[i]) for i in idx])[-100:]
+                self.remember_episode_lengths([int(self._ep_len[i]) for i in idx])
                 self._ep_return[idx] = 0
                 self._ep_cost[idx] = 0
                 self._ep_len[idx] = 0
@@ -630,6 +632,10 @@ class OnPolicyAlgorithm:
         }
         episodes = {"returns": ep_returns, "costs": ep_costs, "lengths": ep_lengths, "successes": successes}
         return data, episodes, t_env
+
+    def remember_episode_lengths(self, lengths: list[int]) -> None:
+        """Keep the last 100 finished episodes' lengths, for epochs in which none finishes."""
+        self._recent_lengths = (self._recent_lengths + lengths)[-100:]
 
     def _epoch_stats(self, ep_returns: list[float], ep_costs: list[np.ndarray], ep_lengths: list[int]) -> EpochStats:
         if ep_returns:

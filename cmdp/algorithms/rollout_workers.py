@@ -34,6 +34,7 @@ import cloudpickle
 import numpy as np
 import torch
 
+from cmdp.core.subproc import default_start_method
 from cmdp.core.vector import VectorCMDP
 from cmdp.errors import CMDPError, ConfigError, EnvWorkerError
 
@@ -52,7 +53,7 @@ class RolloutWorkers:
         source = algo._env_source
         count = c.rollout_workers
         share = c.num_envs // count
-        env_kwargs = {k: v for k, v in (c.env_kwargs or {}).items() if k != "vectorization"}
+        env_kwargs = without_vectorization(c.env_kwargs or {})
         options = c.to_dict() | {
             "num_envs": share,
             "steps_per_epoch": c.steps_per_epoch // count,
@@ -63,7 +64,7 @@ class RolloutWorkers:
             "env_kwargs": env_kwargs,
         }
         cost_limit = None if algo.cost_limit is None else algo.cost_limit.tolist()
-        ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
+        ctx = multiprocessing.get_context(default_start_method())
         self._processes: list[Any] = []
         self._conns: list[Any] = []
         self._finalizer = weakref.finalize(self, _shutdown, self._processes, self._conns)
@@ -113,7 +114,7 @@ class RolloutWorkers:
         algo._ep_return = np.concatenate([p["running"]["ep_return"] for p in parts])
         algo._ep_cost = np.concatenate([p["running"]["ep_cost"] for p in parts])
         algo._ep_len = np.concatenate([p["running"]["ep_len"] for p in parts])
-        algo._recent_lengths = (algo._recent_lengths + [n for p in parts for n in p["running"]["recent_lengths"]])[-100:]
+        algo.remember_episode_lengths([n for p in parts for n in p["running"]["recent_lengths"]])
         algo.global_step += algo.config.steps_per_epoch
         data = _merge([p["data"] for p in parts])
         return data, episodes, max(p["time_env"] for p in parts)
@@ -153,6 +154,12 @@ def check_rollout_workers(algo: "OnPolicyAlgorithm") -> None:
             "rollout_workers needs the env as an id or a callable that builds one, so that each "
             f"worker can build its own; got a {type(source).__name__}"
         )
+
+
+def without_vectorization(env_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``env_kwargs`` without ``vectorization``: with rollout workers each worker steps its envs in
+    its own process, and the training process never steps its env."""
+    return {k: v for k, v in env_kwargs.items() if k != "vectorization"}
 
 
 def worker_seed(seed: int, k: int) -> int:

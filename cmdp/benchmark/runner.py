@@ -51,6 +51,7 @@ from cmdp.benchmark.summary import (
     write_cells_csv,
     write_results_csv,
 )
+from cmdp.core.subproc import default_start_method
 from cmdp.errors import ConfigError, UnknownNameError
 from cmdp.runlog import _atomic_write_text, _duration, to_jsonable, write_json
 
@@ -423,8 +424,7 @@ class _ProcessBackend(_Backend):
         self._pool = self._new_pool()
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        context = multiprocessing.get_context(default_start_method())
         return concurrent.futures.ProcessPoolExecutor(max_workers=self.capacity, mp_context=context)
 
     def submit(self, spec: CellSpec, cell_dir: Path) -> Any:

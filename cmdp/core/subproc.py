@@ -98,7 +98,7 @@ class SubprocVectorCMDP(RunnerVectorCMDP):
         check_worker_settings(step_timeout, start_timeout, max_restarts)
         methods = multiprocessing.get_all_start_methods()
         if start_method is None:
-            start_method = "forkserver" if "forkserver" in methods else "spawn"
+            start_method = default_start_method()
         if start_method not in methods:
             raise ConfigError(f"start_method must be one of {methods}, got {start_method!r}")
         self.step_timeout = float(step_timeout)
@@ -277,6 +277,12 @@ def _send_fatal(conn: Connection, error: CMDPError) -> None:
 
 
 # ---- helpers -------------------------------------------------------------------------------
+
+
+def default_start_method() -> str:
+    """``"forkserver"`` where the platform has it, else ``"spawn"``: never ``"fork"``, which can
+    deadlock a process that has started torch's thread pools."""
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 def _pickle(obj: Any, index: int) -> bytes:
