@@ -46,6 +46,7 @@ from cmdp.errors import CheckpointError, ConfigError, NonFiniteError
 from cmdp.policies.base import ActorCritic, state_map
 from cmdp.policies.encoders import obs_to_tensor
 from cmdp.policies.mlp import MLPActorCritic
+from cmdp.policies.numpy_acting import ActingStep, NumpyActing, numpy_obs
 
 log = logging.getLogger("cmdp")
 Tensor = torch.Tensor
@@ -165,6 +166,14 @@ class OnPolicyConfig(Config):
         "one after another (a vectorization given in env_kwargs applies to the training "
         "process's env only); the observation statistics are merged after every epoch.",
         ge=0,
+    )
+    numpy_acting: bool = option(
+        True,
+        "During rollouts, act with a NumPy copy of the policy (cmdp.policies.numpy_acting) where "
+        "the policy is the feed-forward MLP on the CPU with a tanh, relu or elu activation: acting "
+        "for a few envs is then about 6x cheaper (BENCHMARKS.md, acting-step). Sampling uses "
+        "torch's generator either way, so seeds give the same actions; values and "
+        "log-probabilities differ from torch's in float32 rounding only. False acts in torch.",
     )
     tensorboard: bool = option(True, "Write TensorBoard event files to the run directory.")
     progress_bar: bool = option(True, "Show a live progress line in the terminal.")
@@ -527,69 +536,68 @@ class OnPolicyAlgorithm:
         """One epoch's rollout in this process: the data, the episodes that finished (returns,
         costs, lengths, successes) and the seconds spent in ``env.step``."""
         c = self.config
-        env, policy = self.env, self.policy
+        env = self.env
         n, k = env.num_envs, env.num_costs
         horizon = c.steps_per_epoch // n
         if self._obs is None:
             self._reset_envs()
+        # numpy buffers: a per-step write into a torch tensor costs several times a numpy one
         obs_buf: list[Any] = []
-        logps = torch.zeros(horizon, n)
-        values = torch.zeros(horizon, n)
-        cost_values = torch.zeros(horizon, n, k)
-        next_values = torch.zeros(horizon, n)
-        next_cost_values = torch.zeros(horizon, n, k)
-        rewards = torch.zeros(horizon, n)
-        costs = torch.zeros(horizon, n, k)
-        terminated = torch.zeros(horizon, n, dtype=torch.bool)
-        dones = torch.zeros(horizon, n, dtype=torch.bool)
-        episode_start = torch.zeros(horizon, n, dtype=torch.bool)
-        dist_params: dict[str, list[Tensor]] = {}
-        action_list: list[Tensor] = []
+        logps = np.zeros((horizon, n), np.float32)
+        values = np.zeros((horizon, n), np.float32)
+        cost_values = np.zeros((horizon, n, k), np.float32)
+        next_values = np.zeros((horizon, n), np.float32)
+        next_cost_values = np.zeros((horizon, n, k), np.float32)
+        rewards = np.zeros((horizon, n), np.float32)
+        costs = np.zeros((horizon, n, k), np.float32)
+        terminated = np.zeros((horizon, n), bool)
+        dones = np.zeros((horizon, n), bool)
+        episode_start = np.zeros((horizon, n), bool)
+        dist_params: dict[str, list[np.ndarray]] = {}
+        action_list: list[np.ndarray] = []
         start_state = self._policy_state
+        numpy_acting = NumpyActing.from_policy(self.policy) if c.numpy_acting else None
         ep_returns, ep_costs, ep_lengths, successes = [], [], [], []
         t_env = 0.0
         for t in range(horizon):
             obs_t = self._to_tensor(self._obs)
-            start_t = torch.from_numpy(self._episode_start.copy())
-            with torch.no_grad():
-                out = policy.act(obs_t, self._policy_state, start_t)
-                action = out.dist.sample()
-                logps[t] = out.dist.log_prob(action)
-            values[t] = out.value
-            cost_values[t] = out.cost_value
-            for key, v in out.dist.params().items():
+            episode_start[t] = self._episode_start
+            if numpy_acting is not None:
+                step = numpy_acting.act(numpy_obs(obs_t))
+            else:
+                step = self._act_in_torch(obs_t, episode_start[t])
+            logps[t] = step.logp
+            values[t] = step.value
+            cost_values[t] = step.cost_value
+            for key, v in step.dist_params.items():
                 dist_params.setdefault(key, []).append(v)
             obs_buf.append(_copy_obs(obs_t))  # envs may reuse their observation arrays
-            action_list.append(action)
-            episode_start[t] = start_t
+            action_list.append(step.action)
             t0 = time.perf_counter()
-            next_obs, reward, cost, term, trunc, info = env.step(policy.to_env_action(action))
+            next_obs, reward, cost, term, trunc, info = env.step(step.env_action)
             t_env += time.perf_counter() - t0
             done = term | trunc
             final_obs = info.get("final_obs") if done.any() else None
             next_obs, reward, cost, final_obs, repaired = self._check_finite(next_obs, reward, cost, final_obs, done)
             if repaired is not None:
                 trunc = trunc | (repaired & ~term)
-            rewards[t] = torch.from_numpy(np.asarray(reward, dtype=np.float32))
-            costs[t] = torch.from_numpy(np.asarray(cost, dtype=np.float32).reshape(n, k))
-            terminated[t] = torch.from_numpy(term)
+            rewards[t] = reward
+            costs[t] = np.reshape(cost, (n, k))
+            terminated[t] = term
             # a repaired transition cuts the advantage recursion like a truncation; the env itself
             # continues its episode, so the episode statistics do too
-            dones[t] = torch.from_numpy(done if repaired is None else done | repaired)
+            dones[t] = done if repaired is None else done | repaired
             self.global_step += n
             self._ep_return += reward
             self._ep_cost += cost
             self._ep_len += 1
-            self._policy_state = out.state
             if trunc.any():
                 # Time-limit (or crash) truncation is not a terminal state: bootstrap from the
                 # true final observation, normalised by the same wrapper as every observation.
                 boot_obs = obs_where(trunc, final_obs, next_obs) if final_obs is not None else next_obs
-                with torch.no_grad():
-                    v_f, vc_f = policy.values(self._to_tensor(boot_obs), self._policy_state)
-                tr = torch.from_numpy(trunc)
-                next_values[t] = torch.where(tr, v_f, next_values[t])
-                next_cost_values[t] = torch.where(tr[:, None], vc_f, next_cost_values[t])
+                v_f, vc_f = self._values_of(numpy_acting, boot_obs)
+                next_values[t] = np.where(trunc, v_f, next_values[t])
+                next_cost_values[t] = np.where(trunc[:, None], vc_f, next_cost_values[t])
             if done.any():
                 idx = np.flatnonzero(done)
                 success = info.get("success")
@@ -606,32 +614,57 @@ class OnPolicyAlgorithm:
             self._episode_start = done.copy()
             self._obs = next_obs
         # values of the state after each step: the next step's value unless the episode ended
-        with torch.no_grad():
-            v_last, vc_last = policy.values(self._to_tensor(self._obs), self._policy_state)
+        v_last, vc_last = self._values_of(numpy_acting, self._obs)
         cont = ~dones
-        next_values[:-1] = torch.where(cont[:-1], values[1:], next_values[:-1])
-        next_cost_values[:-1] = torch.where(cont[:-1, :, None], cost_values[1:], next_cost_values[:-1])
-        next_values[-1] = torch.where(cont[-1], v_last, next_values[-1])
-        next_cost_values[-1] = torch.where(cont[-1][:, None], vc_last, next_cost_values[-1])
+        next_values[:-1] = np.where(cont[:-1], values[1:], next_values[:-1])
+        next_cost_values[:-1] = np.where(cont[:-1, :, None], cost_values[1:], next_cost_values[:-1])
+        next_values[-1] = np.where(cont[-1], v_last, next_values[-1])
+        next_cost_values[-1] = np.where(cont[-1][:, None], vc_last, next_cost_values[-1])
 
         data = {
             "obs": _stack_obs(obs_buf),
-            "actions": torch.stack(action_list),
-            "logp": logps,
-            "old_dist": {key: torch.stack(v) for key, v in dist_params.items()},
-            "values": values,
-            "cost_values": cost_values,
-            "next_values": next_values,
-            "next_cost_values": next_cost_values,
-            "rewards": rewards,
-            "costs": costs,
-            "terminated": terminated,
-            "dones": dones,
-            "episode_start": episode_start,
+            "actions": torch.from_numpy(np.stack(action_list)),
+            "logp": torch.from_numpy(logps),
+            "old_dist": {key: torch.from_numpy(np.stack(v)) for key, v in dist_params.items()},
+            "values": torch.from_numpy(values),
+            "cost_values": torch.from_numpy(cost_values),
+            "next_values": torch.from_numpy(next_values),
+            "next_cost_values": torch.from_numpy(next_cost_values),
+            "rewards": torch.from_numpy(rewards),
+            "costs": torch.from_numpy(costs),
+            "terminated": torch.from_numpy(terminated),
+            "dones": torch.from_numpy(dones),
+            "episode_start": torch.from_numpy(episode_start),
             "start_state": start_state,
         }
         episodes = {"returns": ep_returns, "costs": ep_costs, "lengths": ep_lengths, "successes": successes}
         return data, episodes, t_env
+
+    def _act_in_torch(self, obs: Any, episode_start: np.ndarray) -> ActingStep:
+        """One step of acting with the policy's torch modules (sequence policies, or
+        numpy_acting off); moves the policy state on."""
+        policy = self.policy
+        with torch.no_grad():
+            out = policy.act(obs, self._policy_state, torch.from_numpy(episode_start.copy()))
+            action = out.dist.sample()
+            logp = out.dist.log_prob(action)
+        self._policy_state = out.state
+        return ActingStep(
+            policy.to_env_action(action),
+            action.numpy(),
+            logp.float().numpy(),
+            out.value.float().numpy(),
+            out.cost_value.float().numpy(),
+            {key: v.numpy() for key, v in out.dist.params().items()},
+        )
+
+    def _values_of(self, numpy_acting: NumpyActing | None, obs: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Reward and cost values of env observations, in the state the policy is in now."""
+        if numpy_acting is not None:
+            return numpy_acting.values(numpy_obs(self._to_tensor(obs)))
+        with torch.no_grad():
+            value, cost_value = self.policy.values(self._to_tensor(obs), self._policy_state)
+        return value.float().numpy(), cost_value.float().numpy()
 
     def remember_episode_lengths(self, lengths: list[int]) -> None:
         """Keep the last 100 finished episodes' lengths, for epochs in which none finishes."""
