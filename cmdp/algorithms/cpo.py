@@ -46,6 +46,7 @@ from cmdp.algorithms.functional import (
 )
 from cmdp.errors import ConfigError
 from cmdp.policies.base import state_map
+from cmdp.policies.distributions import ActionDistribution
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,16 +94,16 @@ class CPO(OnPolicyAlgorithm):
         self._stats = stats  # CPO needs the episode cost when it builds its constraints
         return {}
 
-    def _surrogates(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, Any]:
-        out = self.policy.evaluate(batch)
-        ratio = torch.exp(out.dist.log_prob(batch["actions"]) - batch["logp"])
+    def _surrogates(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, ActionDistribution]:
+        dist = self.policy.action_distribution(batch)
+        ratio = torch.exp(dist.log_prob(batch["actions"]) - batch["logp"])
         mask = batch["mask"]
         reward_surrogate = masked_mean(ratio * batch["adv"], mask)
         adv_c = batch["adv_c"]
         cost_surrogates = torch.stack(
             [masked_mean(ratio * adv_c[..., k], mask) for k in range(adv_c.shape[-1])]
         )
-        return reward_surrogate, cost_surrogates, out
+        return reward_surrogate, cost_surrogates, dist
 
     def update_policy(self, data: dict[str, Any]) -> dict[str, float]:
         c = self.config
@@ -117,7 +118,7 @@ class CPO(OnPolicyAlgorithm):
             fvp_batch = _take(batch, idx)
 
         # the KL gradient's graph is built once and differentiated again by every product
-        kl = masked_mean(self.policy.evaluate(fvp_batch).dist.kl_from(fvp_batch["old_dist"]), fvp_batch["mask"])
+        kl = masked_mean(self.policy.action_distribution(fvp_batch).kl_from(fvp_batch["old_dist"]), fvp_batch["mask"])
         grad_kl = flat_grad(kl, params, create_graph=True)
 
         def fvp(v: torch.Tensor) -> torch.Tensor:
@@ -148,7 +149,7 @@ class CPO(OnPolicyAlgorithm):
         )
 
         with torch.no_grad():
-            reward_surr, cost_surr, out = self._surrogates(batch)
+            reward_surr, cost_surr, dist = self._surrogates(batch)
         old_params = get_flat_params(params)
         direction = (step.direction @ direction_basis).to(old_params.dtype)
         old_reward, old_cost = float(reward_surr), cost_surr.clone()
@@ -157,8 +158,8 @@ class CPO(OnPolicyAlgorithm):
         for _ in range(c.backtrack_iters):
             set_flat_params(params, old_params + coef * direction)
             with torch.no_grad():
-                new_reward, new_cost, new_out = self._surrogates(batch)
-                kl = float(masked_mean(new_out.dist.kl_from(batch["old_dist"]), batch["mask"]))
+                new_reward, new_cost, new_dist = self._surrogates(batch)
+                kl = float(masked_mean(new_dist.kl_from(batch["old_dist"]), batch["mask"]))
             ok = np.isfinite(kl) and kl <= c.cpo_delta
             if step.feasible:
                 ok = ok and float(new_reward) >= old_reward
@@ -175,7 +176,7 @@ class CPO(OnPolicyAlgorithm):
             "Loss/pi": -old_reward,
             "CPO/case": 0.0 if step.feasible else 1.0,
             "CPO/step_fraction": accepted,
-            "Train/entropy": float(masked_mean(out.dist.entropy(), batch["mask"])),
+            "Train/entropy": float(masked_mean(dist.entropy(), batch["mask"])),
         }
         for k, (name, nu) in enumerate(zip(self.cost_names, step.nu.tolist()), start=1):
             info[f"CPO/nu/{name}"] = float(nu)

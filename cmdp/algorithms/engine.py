@@ -285,8 +285,16 @@ class OnPolicyAlgorithm:
         # the actor's weights summed over the averaged tail of a learn() to _tail_total steps
         self._tail: WeightAverage | None = None
         self._tail_total: int | None = None
-        self._rollout_workers: Any = None  # started by the first epoch when config.rollout_workers
+        self._rollout_workers: Any = None
         self.setup()
+        if self.config.rollout_workers:
+            # started here rather than by the first epoch: a worker that cannot build its env or
+            # policy fails the construction, and learn() times training, not start-up
+            try:
+                self._start_rollout_workers()
+            except BaseException:
+                self.env.close()
+                raise
 
     # ---- construction ---------------------------------------------------------------------
 
@@ -505,12 +513,15 @@ class OnPolicyAlgorithm:
         final_obs = obs_map(clean, final_obs) if final_obs is not None else None
         return obs, clean(reward), clean(cost), final_obs, bad
 
+    def _start_rollout_workers(self) -> None:
+        from cmdp.algorithms.rollout_workers import RolloutWorkers
+
+        self._rollout_workers = RolloutWorkers(self)
+
     def _collect(self) -> tuple[dict[str, Any], EpochStats, dict[str, float]]:
         if self.config.rollout_workers:
-            if self._rollout_workers is None:
-                from cmdp.algorithms.rollout_workers import RolloutWorkers
-
-                self._rollout_workers = RolloutWorkers(self)
+            if self._rollout_workers is None:  # closed since construction
+                self._start_rollout_workers()
             data, episodes, t_env = self._rollout_workers.collect(self)
         else:
             data, episodes, t_env = self.collect_here()
@@ -785,7 +796,7 @@ class OnPolicyAlgorithm:
                 pieces = []
                 for i in range(0, horizon * n, size):
                     rows = torch.arange(i, min(i + size, horizon * n))
-                    pieces.append(self.anchor.evaluate({"obs": _flat_take(data["obs"], rows), "mask": None}).dist.params())
+                    pieces.append(self.anchor.action_distribution({"obs": _flat_take(data["obs"], rows), "mask": None}).params())
                 return {
                     key: torch.cat([piece[key] for piece in pieces]).reshape(horizon, n, *pieces[0][key].shape[1:])
                     for key in pieces[0]
@@ -793,7 +804,7 @@ class OnPolicyAlgorithm:
             result: dict[str, Tensor] = {}
             for group in _segment_groups(_segments(data), size):
                 mb = self._gather_segments(data, group, keys=("obs",))
-                params = self.anchor.evaluate(mb).dist.params()
+                params = self.anchor.action_distribution(mb).params()
                 t_idx, e_idx, mask = mb["t_idx"], mb["e_idx"], mb["mask"]
                 for key, value in params.items():
                     if key not in result:
@@ -821,9 +832,9 @@ class OnPolicyAlgorithm:
         with torch.no_grad():
             flat = {key: _flat_take(data[key], None) for key in ("obs", "actions", "old_dist")} | {"mask": None}
             if not self.policy.is_sequence:
-                out = self.policy.evaluate(flat)
-                info["Train/KL"] = float(out.dist.kl_from(flat["old_dist"]).mean())
-                info["Train/PolicyEntropy"] = float(out.dist.entropy().mean())
+                dist = self.policy.action_distribution(flat)
+                info["Train/KL"] = float(dist.kl_from(flat["old_dist"]).mean())
+                info["Train/PolicyEntropy"] = float(dist.entropy().mean())
         return info
 
     # ---- public API -----------------------------------------------------------------------

@@ -35,13 +35,16 @@ def gae(
     shape = terminated.shape + (1,) * extra
     not_term = (~terminated).to(rewards.dtype).reshape(shape)
     not_done = (~dones).to(rewards.dtype).reshape(shape)
-    deltas = rewards + gamma * next_values * not_term - values
-    decay = gamma * lam * not_done
-    adv = torch.empty_like(rewards)
-    last = torch.zeros_like(rewards[0])
+    deltas = (rewards + gamma * next_values * not_term - values).detach().cpu().numpy()
+    decay = (gamma * lam * not_done).detach().cpu().numpy()
+    # the recursion runs over time in NumPy: per step it is a few operations on [N] rows, where
+    # torch's dispatch (3-5 µs per operation here) would cost ten times the arithmetic
+    adv_np = np.empty(rewards.shape, dtype=deltas.dtype)
+    last = np.zeros(rewards.shape[1:], dtype=deltas.dtype)
     for t in range(rewards.shape[0] - 1, -1, -1):
         last = deltas[t] + decay[t] * last
-        adv[t] = last
+        adv_np[t] = last
+    adv = torch.from_numpy(adv_np).to(device=rewards.device, dtype=rewards.dtype)
     return adv, adv + values
 
 

@@ -60,6 +60,11 @@ class ActorCritic(nn.Module):
         """Recompute distribution and values for a stored minibatch (flat or segments)."""
         raise NotImplementedError
 
+    def action_distribution(self, batch: Mapping[str, Any]) -> ActionDistribution:
+        """The action distributions :meth:`evaluate` gives for a stored minibatch, for updates that
+        need no values. Policies whose critics are networks of their own override it to skip them."""
+        return self.evaluate(batch).dist
+
     def actor_parameters(self) -> Iterator[nn.Parameter]:
         raise NotImplementedError
 

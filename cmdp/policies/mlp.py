@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from cmdp.policies.base import ActorCritic, PolicyOutput
-from cmdp.policies.distributions import ActionHead
+from cmdp.policies.distributions import ActionDistribution, ActionHead
 from cmdp.policies.encoders import ObservationEncoder
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU}
@@ -81,6 +81,9 @@ class MLPActorCritic(ActorCritic):
 
     def evaluate(self, batch: Mapping[str, Any]) -> PolicyOutput:
         return self.act(batch["obs"])
+
+    def action_distribution(self, batch: Mapping[str, Any]) -> ActionDistribution:
+        return self.distribution(batch["obs"])
 
     def actor_parameters(self) -> Iterator[nn.Parameter]:
         yield from self.actor_encoder.parameters()
