@@ -145,6 +145,19 @@ def test_a_worker_that_dies_is_an_error():
         algo.close()
 
 
+class _CannotBuildInWorkers(_DiesInWorkers):
+    def __init__(self, trainer_pid: int):
+        super().__init__(trainer_pid)
+        if os.getpid() != trainer_pid:
+            raise RuntimeError("no simulator licence in this process")
+
+
+def test_a_worker_that_cannot_build_fails_the_construction():
+    env_fn = functools.partial(_CannotBuildInWorkers, trainer_pid=os.getpid())
+    with pytest.raises(EnvWorkerError, match="rollout worker 0 failed(.|\n)*no simulator licence"):
+        PPOLag(env_fn, cost_limit=1.0, seed=0, rollout_workers=2, **OPTIONS)
+
+
 def test_bad_settings_are_config_errors():
     with pytest.raises(ConfigError, match="multiple of rollout_workers"):
         PPOLag("PointGoal-v0", cost_limit=5.0, rollout_workers=3, **OPTIONS)
