@@ -16,9 +16,10 @@ reproducible but does not repeat a run without them. Every worker normalises obs
 the statistics of the epoch's start and updates them with its own observations; after the
 epoch the training process merges what each worker saw (:meth:`RunningMeanStd.moments_since`).
 
-A worker that dies ends training with :class:`~cmdp.errors.EnvWorkerError`; unlike env
-workers, rollout workers are not restarted. A checkpoint keeps no worker state: a resumed run
-starts new episodes.
+The workers start when the solver is built, so a worker that cannot build its env or policy
+fails the construction. A worker that dies ends training with
+:class:`~cmdp.errors.EnvWorkerError`; unlike env workers, rollout workers are not restarted. A
+checkpoint keeps no worker state: a resumed run starts new episodes.
 """
 
 from __future__ import annotations
