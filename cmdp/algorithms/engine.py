@@ -171,7 +171,7 @@ class OnPolicyConfig(Config):
         True,
         "During rollouts, act with a NumPy copy of the policy (cmdp.policies.numpy_acting) where "
         "the policy is the feed-forward MLP on the CPU with a tanh, relu or elu activation: acting "
-        "for a few envs is then about 6x cheaper (BENCHMARKS.md, acting-step). Sampling uses "
+        "for 1 to 64 envs is then 3-6x cheaper (BENCHMARKS.md, acting-step). Sampling uses "
         "torch's generator either way, so seeds give the same actions; values and "
         "log-probabilities differ from torch's in float32 rounding only. False acts in torch.",
     )

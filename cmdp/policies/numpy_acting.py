@@ -3,14 +3,15 @@
 Acting for a handful of envs is dozens of tiny operations (three small MLPs, sampling, the
 log-probability, the conversion to env actions). Each torch operation costs 3-5 µs of dispatch
 on this project's machine whatever its size, each NumPy one about 1 µs: for one env and
-64x64 networks the whole step takes about 40 µs in NumPy against 250 µs in torch
-(``benchmarks/acting_step.py``). Training still runs in torch; :meth:`NumpyActing.from_policy`
+64x64 networks the whole step took 44 µs in NumPy against 274 µs in torch
+(``benchmarks/acting_step.py``, BENCHMARKS.md section acting-step). Training still runs in torch; :meth:`NumpyActing.from_policy`
 copies the weights once per rollout, while they cannot change.
 
 Sampling draws its Gaussian noise (or its categorical draw) from torch's global generator, as
 the torch path does, so a seed and a checkpoint give the same actions either way. Values,
-log-probabilities and actions agree with torch's to float32 rounding (about 1e-6 relative);
-the update recomputes log-probabilities in torch, so the first PPO ratio is 1 to that rounding.
+log-probabilities and actions agree with torch's to float32 rounding (within 1e-5 in
+``tests/test_numpy_acting.py``); the update recomputes log-probabilities in torch, so the first
+PPO ratio is 1 to that rounding.
 """
 
 from __future__ import annotations
