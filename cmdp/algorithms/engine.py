@@ -254,14 +254,6 @@ class OnPolicyAlgorithm:
                 f"the policy has {self.policy.num_costs} cost critics but the env has "
                 f"{self.env.num_costs} cost channels {list(self.cost_names)}"
             )
-        if self.config.rollout_workers:
-            from cmdp.algorithms.rollout_workers import check_rollout_workers
-
-            try:
-                check_rollout_workers(self)
-            except ConfigError:
-                self.env.close()
-                raise
         # the frozen start of a fine-tune; a loaded checkpoint puts back the anchor it saved
         self.anchor = _frozen_copy(self.policy) if self.config.anchor_kl > 0 else None
         self.actor_optimizer = torch.optim.Adam(self.policy.actor_parameters(), lr=self.config.actor_lr)
@@ -288,8 +280,9 @@ class OnPolicyAlgorithm:
         self._rollout_workers: Any = None
         self.setup()
         if self.config.rollout_workers:
-            # started here rather than by the first epoch: a worker that cannot build its env or
-            # policy fails the construction, and learn() times training, not start-up
+            # started here rather than by the first epoch: settings that rule workers out (checked
+            # first) and a worker that cannot build its env or policy fail the construction, and
+            # learn() times training, not start-up
             try:
                 self._start_rollout_workers()
             except BaseException:

@@ -130,21 +130,23 @@ class NumpyActing:
 
         if type(policy) is not MLPActorCritic or any(p.device.type != "cpu" for p in policy.parameters()):
             return None
-        encoders = [_encoder(e) for e in (policy.actor_encoder, policy.reward_critic.encoder, policy.cost_critic.encoder)]
+        # the three encoders are built alike from the observation space; a parameter-free one
+        # (the only kind with a NumPy counterpart) is the same function in all three
+        encode = _encoder(policy.actor_encoder)
         networks = [
             _network(policy.actor_body, policy.action_head.net),
             _network(policy.reward_critic.body, policy.reward_critic.head),
             _network(policy.cost_critic.body, policy.cost_critic.head),
         ]
-        if any(e is None for e in encoders) or any(n is None for n in networks):
+        if encode is None or any(n is None for n in networks):
             return None
         head = policy.action_head
         if head.kind == "categorical":
-            return cls(encoders[0], *networks, policy.num_costs, head.action_space)
+            return cls(encode, *networks, policy.num_costs, head.action_space)
         with torch.no_grad():
             log_std = head.log_std.clamp(head.LOG_STD_MIN, head.LOG_STD_MAX) + torch.log(head.half_range)
         return cls(
-            encoders[0],
+            encode,
             *networks,
             policy.num_costs,
             head.action_space,
@@ -155,13 +157,15 @@ class NumpyActing:
 
     def values(self, obs: Any) -> tuple[np.ndarray, np.ndarray]:
         """Reward values [N] and cost values [N, K] of a batch of observations."""
-        x = self.encode(obs)
+        return self._values(self.encode(obs))
+
+    def _values(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.reward_critic(x)[:, 0], self.cost_critic(x)[:, : self.num_costs]
 
     def act(self, obs: Any) -> ActingStep:
         """Sample an action for each observation of the batch."""
         x = self.encode(obs)
-        value, cost_value = self.reward_critic(x)[:, 0], self.cost_critic(x)[:, : self.num_costs]
+        value, cost_value = self._values(x)
         out = self.actor(x)
         if self.categorical:
             logits = out - _logsumexp(out)
