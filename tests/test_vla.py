@@ -322,3 +322,69 @@ def test_the_shipped_il_policy_loads_strictly_and_finds_targets_on_its_own_obser
     # measured: 6 and 8 successes of these 16 episodes within 250 steps (seeds 0 and 1), where the
     # earlier blind IL policy had 1 and 0; a policy that stops reading its boxes falls below 4
     assert result["success_rate"] >= 0.25, result
+
+
+def test_the_step_cost_model_is_a_critic_head_and_loads_onto_a_checkpoint_without_it(tmp_path):
+    torch.manual_seed(3)
+    plain = tiny_policy()
+    path = plain.save_pretrained(tmp_path / "il")
+    batch = {"obs": random_obs(2, 4), "episode_start": torch.ones(2, 4, dtype=torch.bool), "state": None, "mask": None}
+    assert not plain.has_step_cost_model and plain.evaluate(batch).step_cost is None
+    policy = VLAPolicy.from_pretrained(path, step_cost_model=True)
+    assert policy.has_step_cost_model
+    out = policy.evaluate(batch)
+    assert out.step_cost.shape == (2, 4, cat.NUM_ACTIONS, 5)
+    assert not out.step_cost.any()  # a new head predicts no cost for any action until it learns
+    with torch.no_grad():  # the added head leaves the pretrained actor and critics as they were
+        torch.testing.assert_close(out.dist.logits, plain.evaluate(batch).dist.logits, rtol=0, atol=0)
+    head = {id(p) for p in policy.step_cost_head.parameters()}
+    assert head <= {id(p) for p in policy.critic_parameters()}
+    out.step_cost.sum().backward()  # its loss trains the head only, not the actor's features
+    assert all(p.grad is None for p in policy.actor_parameters())
+    again = VLAPolicy.from_pretrained(policy.save_pretrained(tmp_path / "sc"))
+    assert again.has_step_cost_model
+    torch.testing.assert_close(again.step_cost_head.weight, policy.step_cost_head.weight, rtol=0, atol=0)
+    assert not VLAPolicy.from_pretrained(tmp_path / "sc", step_cost_model=False).has_step_cost_model
+    with pytest.raises(ConfigError, match="one-step cost model"):
+        PPO("SafetyChores-Fetch-v0", run_dir=False, policy=tiny_policy(), num_envs=2, steps_per_epoch=12,
+            env_kwargs=ENV_KWARGS, step_cost_coef=1.0)  # fmt: skip
+    with pytest.raises(ConfigError, match="step_cost_coef"):
+        get_algorithm("CPO")(
+            "SafetyChores-Fetch-v0", cost_limit=1.0, run_dir=False, policy=policy, num_envs=2, steps_per_epoch=12,
+            env_kwargs=ENV_KWARGS, step_cost_coef=1.0,
+        )  # fmt: skip
+
+
+def _move_probability(algo, data) -> float:
+    with torch.no_grad():
+        probs = [algo.policy.evaluate(mb).dist.logits.exp()[..., 0][mb["mask"]] for mb in algo._minibatches(data)]
+    return float(torch.cat(probs).mean())
+
+
+@pytest.mark.parametrize("coef", [0.0, 4.0])
+def test_the_step_cost_term_moves_probability_off_the_action_the_model_says_costs(coef):
+    """The model is set to say: moving ahead (action 0) costs 1 on every channel, nothing else
+    costs. With the term on, one epoch's update lowers the probability of moving far more than
+    the sampled advantages alone do."""
+    torch.manual_seed(0)
+    policy = tiny_policy(step_cost_model=True)
+    with torch.no_grad():
+        policy.step_cost_head.weight.zero_()
+        bias = torch.zeros(cat.NUM_ACTIONS, 5)
+        bias[0] = 1.0
+        policy.step_cost_head.bias.copy_(bias.flatten())
+    algo = get_algorithm("PPOLag")(
+        "SafetyChores-Fetch-v0", cost_limit=1.0, seed=0, run_dir=False, policy=policy, num_envs=2,
+        steps_per_epoch=48, minibatch_size=24, update_epochs=4, env_kwargs=ENV_KWARGS, lambda_init=2.0,
+        actor_lr=3e-3, critic_lr=1e-9, target_kl=None, step_cost_coef=coef,
+    )  # fmt: skip
+    data, stats, _ = algo._collect()
+    algo._advantages(data)  # the minibatches carry advantages; _update computes them again
+    before = _move_probability(algo, data)
+    algo._update(data, stats)
+    after = _move_probability(algo, data)
+    if coef == 0:
+        assert after > 0.5 * before, (before, after)  # the sampled advantages alone move it little
+    else:
+        assert after < 0.25 * before, (before, after)
+    algo.close()

@@ -79,6 +79,11 @@ class CPOConfig(OnPolicyConfig):
                 f"CPO does not take anchor_kl (got {self.anchor_kl}): its step solves a trust-region "
                 "problem on the surrogates alone; use PPOLag, PIDLag or FOCOPS for an anchored fine-tune"
             )
+        if self.step_cost_coef > 0:
+            raise ConfigError(
+                f"CPO does not take step_cost_coef (got {self.step_cost_coef}): its step solves a "
+                "trust-region problem on the surrogates alone; use PPOLag, PIDLag or FOCOPS"
+            )
 
 
 class CPO(OnPolicyAlgorithm):

@@ -36,6 +36,9 @@ class PolicyOutput:
     value: Tensor  # [N] reward value
     cost_value: Tensor  # [N, K] one value per cost channel
     state: State = None
+    step_cost: Tensor | None = None
+    """``[N, A, K]``: the cost each channel charges on this step for each of ``A`` discrete
+    actions, from policies with a one-step cost model (e.g. ``VLAConfig(step_cost_model=True)``)."""
 
 
 class ActorCritic(nn.Module):
@@ -43,6 +46,11 @@ class ActorCritic(nn.Module):
 
     is_sequence: bool = False
     num_costs: int
+
+    @property
+    def has_step_cost_model(self) -> bool:
+        """Whether :meth:`evaluate` fills ``PolicyOutput.step_cost``."""
+        return getattr(self, "step_cost_head", None) is not None
 
     def initial_state(self, batch_size: int) -> State:
         return None

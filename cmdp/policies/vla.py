@@ -48,7 +48,10 @@ output *detached*: the critic loss trains the value head only, so the engine's t
 optimisers never touch a shared weight and value regression cannot distort the features the
 policy acts on. With ``separate_critic=True`` the critics get their own encoder and
 transformer, as FLaRe uses; :meth:`VLAPolicy.from_pretrained` then starts that network as a
-copy of the pretrained actor network when the checkpoint has none.
+copy of the pretrained actor network when the checkpoint has none. ``step_cost_model=True`` adds
+one more critic head on the same features: for every action, the cost each channel charges on
+this step if that action is taken (``PolicyOutput.step_cost``, ``[B, L, A, K]``), fitted to the
+taken actions' costs and used by the engine's ``step_cost_coef`` term.
 
 Checkpoints (:meth:`VLAPolicy.save_pretrained`, :meth:`VLAPolicy.from_pretrained`): one
 file with the config, the observation/action dimensions and the weights, read with
@@ -115,6 +118,13 @@ class VLAConfig(Config):
         False,
         "Give the critics their own encoder and transformer (FLaRe). False: the value head reads "
         "the actor's transformer output with the gradient stopped.",
+    )
+    step_cost_model: bool = option(
+        False,
+        "Add a one-step cost model: a linear head on the critic's features that predicts, for every "
+        "action, the cost each channel charges on this step if that action is taken. It is a critic "
+        "(trained on the taken actions' costs, gradient stopped at the features) and feeds the "
+        "engine's step_cost_coef term.",
     )
     max_time: int = option(
         1024, "Largest episode step the sinusoidal time features distinguish (longer ones are clipped).", ge=1
@@ -422,6 +432,15 @@ class VLAPolicy(ActorCritic):
         self.value_head = nn.Sequential(
             nn.Linear(cfg.d_model, cfg.critic_hidden), nn.Tanh(), nn.Linear(cfg.critic_hidden, 1 + self.num_costs)
         )
+        self.num_actions = int(self.io["num_actions"])
+        self.step_cost_head = None
+        if cfg.step_cost_model:
+            self.step_cost_head = nn.Linear(cfg.d_model, self.num_actions * self.num_costs)
+            # an action's row learns only from the steps that took it: starting at zero, an action
+            # the policy rarely takes predicts no cost instead of a random one that would pull
+            # the step-cost term towards it
+            nn.init.zeros_(self.step_cost_head.weight)
+            nn.init.zeros_(self.step_cost_head.bias)
 
     @property
     def obs_keys(self) -> tuple[str, ...]:
@@ -529,7 +548,10 @@ class VLAPolicy(ActorCritic):
         state = self._as_state(state, starts.shape[0])
         actor_out, critic_feat, _, _ = self._run(batch["obs"], state, starts)
         value, cost_value = self._values(critic_feat)
-        return PolicyOutput(self.action_head(actor_out), value, cost_value, None)
+        step_cost = None
+        if self.step_cost_head is not None:
+            step_cost = self.step_cost_head(critic_feat).unflatten(-1, (self.num_actions, self.num_costs))
+        return PolicyOutput(self.action_head(actor_out), value, cost_value, None, step_cost)
 
     # ---- parameters -------------------------------------------------------------------------
 
@@ -541,6 +563,8 @@ class VLAPolicy(ActorCritic):
         if self.critic_trunk is not None:
             yield from self.critic_trunk.parameters()
         yield from self.value_head.parameters()
+        if self.step_cost_head is not None:
+            yield from self.step_cost_head.parameters()
 
     def to_env_action(self, actions: Tensor) -> np.ndarray:
         return self.action_head.to_env_action(actions)
@@ -570,7 +594,9 @@ class VLAPolicy(ActorCritic):
         :class:`~cmdp.errors.CheckpointError` lists the missing and unexpected keys. Overriding
         ``separate_critic=True`` on a checkpoint without a critic network starts the critic
         network as a copy of the actor network (FLaRe's initialisation); ``False`` on one with
-        a critic network drops it. ``context`` may change freely (it sizes no weight).
+        a critic network drops it. ``step_cost_model=True`` on a checkpoint without that head
+        starts it freshly initialised; ``False`` drops a saved one. ``context`` may change freely
+        (it sizes no weight).
         """
         path = _pretrained_file(path, for_writing=False)
         data = _read_pretrained(path)
@@ -591,6 +617,10 @@ class VLAPolicy(ActorCritic):
             weights |= {f"critic_trunk.{k}": v.clone() for k, v in actor.items()}
         elif saved_cfg.separate_critic and not cfg.separate_critic:
             weights = {k: v for k, v in weights.items() if not k.startswith("critic_trunk.")}
+        if cfg.step_cost_model and not saved_cfg.step_cost_model:
+            weights |= {f"step_cost_head.{k}": v for k, v in policy.step_cost_head.state_dict().items()}
+        elif saved_cfg.step_cost_model and not cfg.step_cost_model:
+            weights = {k: v for k, v in weights.items() if not k.startswith("step_cost_head.")}
         load_strict(policy, weights, path)
         return policy
 
