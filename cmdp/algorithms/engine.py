@@ -443,12 +443,13 @@ class OnPolicyAlgorithm:
                     out = self.policy.evaluate(mb)
                     value, cost_value = out.value, out.cost_value
                 else:  # the critics alone: no actor forward pass
+                    out = None
                     value, cost_value = self.policy.values(mb["obs"])
                 loss_v = masked_mean((value - mb["ret"]).pow(2), mb["mask"])
                 loss_c = masked_mean((cost_value - mb["cost_ret"]).pow(2).mean(-1), mb["mask"])
                 loss = loss_v + loss_c
                 _accumulate(critic_sums, {"Loss/value": loss_v, "Loss/cost_value": loss_c})
-                step_cost = out.step_cost if train_actor or self.policy.is_sequence else None
+                step_cost = None if out is None else out.step_cost
                 if step_cost is not None:
                     taken = mb["actions"].long()[..., None, None].expand(*step_cost.shape[:-2], 1, step_cost.shape[-1])
                     loss_s = masked_mean((step_cost.gather(-2, taken).squeeze(-2) - mb["costs"]).pow(2).mean(-1), mb["mask"])
@@ -752,12 +753,11 @@ class OnPolicyAlgorithm:
         w_r, w_c = self.advantage_weights()
         w_c = torch.as_tensor(w_c, dtype=adv_r.dtype)
         flat_c = adv_c.reshape(-1, adv_c.shape[-1])
+        self._step_cost_weights = w_c  # the cost term's weights in the advantage's units
         if c.advantage_scaling == "reward":  # validate() ensures normalize_advantages
             adv = w_r * (adv_r - adv_r.mean()) / (adv_r.std() + 1e-8) - (adv_c - flat_c.mean(0)) @ w_c
-            self._step_cost_weights = w_c
         else:
             adv = w_r * adv_r - adv_c @ w_c
-            self._step_cost_weights = w_c
             if c.normalize_advantages:
                 # Divide by the same weighting of the separate standard deviations, not by the std
                 # of the combination: where reward and cost advantages cancel (near the constrained

@@ -50,7 +50,7 @@ class ActorCritic(nn.Module):
     @property
     def has_step_cost_model(self) -> bool:
         """Whether :meth:`evaluate` fills ``PolicyOutput.step_cost``."""
-        return getattr(self, "step_cost_head", None) is not None
+        return False
 
     def initial_state(self, batch_size: int) -> State:
         return None

@@ -443,6 +443,10 @@ class VLAPolicy(ActorCritic):
             nn.init.zeros_(self.step_cost_head.bias)
 
     @property
+    def has_step_cost_model(self) -> bool:
+        return self.step_cost_head is not None
+
+    @property
     def obs_keys(self) -> tuple[str, ...]:
         """The observation keys this policy reads."""
         return OBS_KEYS + BOX_KEYS if self.io.get("detection") else OBS_KEYS
