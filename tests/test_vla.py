@@ -185,6 +185,15 @@ def test_network_vla_builds_the_default_policy():
     algo.learn(8)
     assert math.isfinite(algo.last_info["Loss/pi"])
     algo.close()
+    # with the one-step cost term, the built policy has the model the term needs
+    algo = get_algorithm("PPOLag")(
+        "SafetyChores-Fetch-v0", cost_limit=1.0, seed=0, run_dir=False, network="vla", num_envs=2,
+        steps_per_epoch=8, minibatch_size=8, update_epochs=1, env_kwargs=ENV_KWARGS, step_cost_coef=1.0,
+    )  # fmt: skip
+    assert algo.policy.config == VLAConfig(step_cost_model=True)
+    algo.learn(8)
+    assert math.isfinite(algo.last_info["Loss/step_cost"])
+    algo.close()
 
 
 def test_bad_spaces_and_configs_are_rejected():

@@ -144,8 +144,8 @@ class OnPolicyConfig(Config):
     network: str = option(
         "mlp",
         "Policy network: 'mlp' (feed-forward), 'gru' (a sequence policy with memory) or 'vla' (the "
-        "vision-language-action transformer of cmdp.policies.vla with its default VLAConfig; rgb "
-        "Safety-CHORES observations).",
+        "vision-language-action transformer of cmdp.policies.vla with its default VLAConfig, plus "
+        "the one-step cost model when step_cost_coef > 0; rgb Safety-CHORES observations).",
         choices=("mlp", "gru", "vla"),
     )
     hidden_sizes: tuple[int, ...] = option((64, 64), "Hidden layer widths of actor and critics.", ge=1)
@@ -321,9 +321,9 @@ class OnPolicyAlgorithm:
 
             return GRUActorCritic(*spaces, memory=c.gru_memory, **common)
         if c.network == "vla":
-            from cmdp.policies.vla import VLAPolicy
+            from cmdp.policies.vla import VLAConfig, VLAPolicy
 
-            return VLAPolicy(*spaces)
+            return VLAPolicy(*spaces, VLAConfig(step_cost_model=c.step_cost_coef > 0))
         return MLPActorCritic(*spaces, **common)
 
     def _build_env(self, env: Any, num_envs: int, seed: int, obs_rms: Any = None) -> VectorCMDP:
