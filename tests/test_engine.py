@@ -398,6 +398,8 @@ def test_sequence_policy_segments_reproduce_acting_log_probs():
             logp = out.dist.log_prob(mb["actions"])
             m = mb["mask"]
             assert torch.allclose(logp[m], mb["logp"][m], atol=1e-5)
+            # the actor-only pass gives the same distribution without running the critic GRU
+            torch.testing.assert_close(algo.policy.action_distribution(mb).params(), out.dist.params(), rtol=0, atol=0)
             seen += int(m.sum())
     assert seen == 64
 

@@ -156,6 +156,19 @@ def test_engine_segment_minibatches_reproduce_acting_log_probs():
     algo.close()
 
 
+@pytest.mark.parametrize("separate_critic", [False, True])
+def test_the_actor_only_pass_gives_the_evaluated_distribution(separate_critic):
+    torch.manual_seed(4)
+    policy = tiny_policy(separate_critic=separate_critic)
+    starts = torch.zeros(3, 7, dtype=torch.bool)  # the segments continue the cached episodes
+    starts[1, 4] = True  # and one starts a new episode inside its segment
+    warm = policy.act({k: v[:, 0] for k, v in random_obs(3, 1, seed=5).items()}).state  # a cached context
+    batch = {"obs": random_obs(3, 7), "episode_start": starts, "state": warm, "mask": None}
+    with torch.no_grad():
+        full = policy.evaluate(batch).dist.params()
+        torch.testing.assert_close(policy.action_distribution(batch).params(), full, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("name", ["PPO", "PPOLag", "PIDLag", "FOCOPS", "CPO"])
 def test_every_solver_trains_the_vla_on_the_rgb_env(name):
     algo_cls = get_algorithm(name)

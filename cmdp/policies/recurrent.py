@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from cmdp.policies.base import ActorCritic, PolicyOutput
-from cmdp.policies.distributions import ActionHead
+from cmdp.policies.distributions import ActionDistribution, ActionHead
 from cmdp.policies.encoders import ObservationEncoder
 from cmdp.policies.mlp import mlp
 
@@ -87,20 +87,25 @@ class GRUActorCritic(ActorCritic):
         return out.value, out.cost_value
 
     def evaluate(self, batch: Mapping[str, Any]) -> PolicyOutput:
-        flat, b, length = _flatten_time(batch["obs"])
-        fa = self.actor.features(flat).reshape(b, length, -1)
-        fc = self.critic.features(flat).reshape(b, length, -1)
         h_a, h_c = batch["state"]
+        v = self.value_head(self._unroll(self.critic, batch, h_c))
+        return PolicyOutput(self.action_head(self._unroll(self.actor, batch, h_a)), v[..., 0], v[..., 1:], None)
+
+    def action_distribution(self, batch: Mapping[str, Any]) -> ActionDistribution:
+        """As :meth:`evaluate`'s distribution, without running the critic GRU."""
+        return self.action_head(self._unroll(self.actor, batch, batch["state"][0]))
+
+    @staticmethod
+    def _unroll(trunk: _GRUTrunk, batch: Mapping[str, Any], h: Tensor) -> Tensor:
+        """The trunk's memory after each step of the ``[B, L]`` segments, from ``h``."""
+        flat, b, length = _flatten_time(batch["obs"])
+        feats = trunk.features(flat).reshape(b, length, -1)
         starts = batch["episode_start"]
-        outs_a, outs_c = [], []
+        outs = []
         for t in range(length):
-            h_a = self.actor.step(fa[:, t], h_a, starts[:, t])
-            h_c = self.critic.step(fc[:, t], h_c, starts[:, t])
-            outs_a.append(h_a)
-            outs_c.append(h_c)
-        ha = torch.stack(outs_a, 1)
-        v = self.value_head(torch.stack(outs_c, 1))
-        return PolicyOutput(self.action_head(ha), v[..., 0], v[..., 1:], None)
+            h = trunk.step(feats[:, t], h, starts[:, t])
+            outs.append(h)
+        return torch.stack(outs, 1)
 
     def actor_parameters(self) -> Iterator[nn.Parameter]:
         yield from self.actor.parameters()

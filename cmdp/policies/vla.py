@@ -77,7 +77,7 @@ from cmdp.algorithms.config import Config, option
 from cmdp.envs.chores.env import BOX_KEYS
 from cmdp.errors import CheckpointError, ConfigError
 from cmdp.policies.base import ActorCritic, PolicyOutput
-from cmdp.policies.distributions import ActionHead
+from cmdp.policies.distributions import ActionDistribution, ActionHead
 
 Tensor = torch.Tensor
 
@@ -486,11 +486,17 @@ class VLAPolicy(ActorCritic):
             )
 
     def _run(
-        self, obs: Mapping[str, Tensor], state: Mapping[str, Tensor], episode_start: Tensor, critic_only: bool = False
+        self,
+        obs: Mapping[str, Tensor],
+        state: Mapping[str, Tensor],
+        episode_start: Tensor,
+        critic_only: bool = False,
+        actor_only: bool = False,
     ):
         """Encode ``[B, L]`` steps and run the transformer(s) over them after the cached context.
         Returns the actor's output (None when only the critic network ran), the critic's
-        features, the new keys/values per network and each key's episode index."""
+        features (None when only the actor network ran), the new keys/values per network and
+        each key's episode index."""
         self._check_obs(obs)
         b, length = episode_start.shape
         flat = {k: obs[k].reshape(b * length, *obs[k].shape[2:]) for k in self.obs_keys}
@@ -500,11 +506,13 @@ class VLAPolicy(ActorCritic):
         if not critic_only or self.critic_trunk is None:
             tokens = self.trunk.encoder(flat).reshape(b, length, -1)
             actor_out, new_kv["kv"] = self.trunk(tokens, state["kv"], allowed)
-        if self.critic_trunk is not None:
+        if self.critic_trunk is None:
+            critic_feat = actor_out.detach()
+        elif actor_only:
+            critic_feat = None
+        else:
             tokens_c = self.critic_trunk.encoder(flat).reshape(b, length, -1)
             critic_feat, new_kv["kv_critic"] = self.critic_trunk(tokens_c, state["kv_critic"], allowed)
-        else:
-            critic_feat = actor_out.detach()
         return actor_out, critic_feat, new_kv, key_episode
 
     def _values(self, critic_feat: Tensor) -> tuple[Tensor, Tensor]:
@@ -556,6 +564,13 @@ class VLAPolicy(ActorCritic):
         if self.step_cost_head is not None:
             step_cost = self.step_cost_head(critic_feat).unflatten(-1, (self.num_actions, self.num_costs))
         return PolicyOutput(self.action_head(actor_out), value, cost_value, None, step_cost)
+
+    def action_distribution(self, batch: Mapping[str, Any]) -> ActionDistribution:
+        """As :meth:`evaluate`'s distribution, without the critic network and heads."""
+        starts = batch["episode_start"].bool()
+        state = self._as_state(batch.get("state"), starts.shape[0])
+        actor_out, _, _, _ = self._run(batch["obs"], state, starts, actor_only=True)
+        return self.action_head(actor_out)
 
     # ---- parameters -------------------------------------------------------------------------
 
