@@ -295,7 +295,6 @@ class OnPolicyAlgorithm:
                 f"step_cost_coef={self.config.step_cost_coef} needs a policy with a one-step cost model "
                 f"(e.g. VLAConfig(step_cost_model=True)); {type(self.policy).__name__} has none"
             )
-        self._step_cost_weights = torch.zeros(self.env.num_costs)
         self.setup()
         if self.config.rollout_workers:
             # started here rather than by the first epoch: settings that rule workers out (checked
@@ -466,7 +465,7 @@ class OnPolicyAlgorithm:
                         # costs are non-negative: a prediction below zero is regression noise, and
                         # would draw the policy towards that action
                         expected = (out.dist.logits.exp()[..., None] * step_cost.detach().clamp(min=0)).sum(-2)
-                        step_term = masked_mean(expected @ self._step_cost_weights.to(expected.dtype), mb["mask"])
+                        step_term = masked_mean(expected @ data["step_cost_weights"].to(expected.dtype), mb["mask"])
                         loss_pi = loss_pi + c.step_cost_coef * step_term
                         terms = terms | {"StepCostTerm": step_term.detach()}
                     loss = loss + loss_pi
@@ -753,7 +752,7 @@ class OnPolicyAlgorithm:
         w_r, w_c = self.advantage_weights()
         w_c = torch.as_tensor(w_c, dtype=adv_r.dtype)
         flat_c = adv_c.reshape(-1, adv_c.shape[-1])
-        self._step_cost_weights = w_c  # the cost term's weights in the advantage's units
+        data["step_cost_weights"] = w_c  # the step-cost term's weights, in the advantage's units
         if c.advantage_scaling == "reward":  # validate() ensures normalize_advantages
             adv = w_r * (adv_r - adv_r.mean()) / (adv_r.std() + 1e-8) - (adv_c - flat_c.mean(0)) @ w_c
         else:
@@ -765,8 +764,14 @@ class OnPolicyAlgorithm:
                 # policy settles on the stochastic optimum rather than jumping between the corners.
                 scale = w_r * adv_r.std() + (flat_c.std(0) * w_c).sum()
                 adv = (adv - adv.mean()) / (scale + 1e-8)
-                self._step_cost_weights = w_c / (scale + 1e-8)
+                data["step_cost_weights"] = w_c / (scale + 1e-8)
         data["adv"] = adv
+
+    def _sample_keys(self, data: Mapping[str, Any]) -> tuple[str, ...]:
+        """The per-step entries a minibatch carries: the anchor's distributions when there is an
+        anchor, the step's costs when the policy has a one-step cost model to fit."""
+        optional = ("anchor_dist",) if "anchor_dist" in data else ()
+        return _SAMPLE_KEYS + optional + (("costs",) if self.policy.has_step_cost_model else ())
 
     def _minibatches(self, data: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Shuffled minibatches: flat samples, or padded episode segments for sequence policies."""
@@ -779,13 +784,13 @@ class OnPolicyAlgorithm:
         size = min(self.config.minibatch_size, total)
         for start in range(0, total - size + 1, size):
             idx = perm[start : start + size]
-            yield {key: _flat_take(data[key], idx) for key in _sample_keys(data)} | {"mask": None}
+            yield {key: _flat_take(data[key], idx) for key in self._sample_keys(data)} | {"mask": None}
 
     def full_batch(self, data: dict[str, Any]) -> dict[str, Any]:
         """The whole epoch as one batch (flat, or every segment), for second-order solvers."""
         if self.policy.is_sequence:
             return self._gather_segments(data, _segments(data))
-        return {key: _flat_take(data[key], None) for key in _sample_keys(data)} | {"mask": None}
+        return {key: _flat_take(data[key], None) for key in self._sample_keys(data)} | {"mask": None}
 
     def _segment_minibatches(self, data: dict[str, Any]) -> Iterator[dict[str, Any]]:
         segments = _segments(data)
@@ -804,7 +809,7 @@ class OnPolicyAlgorithm:
         mask = offs[None, :] < lens[:, None]
         t_idx = torch.minimum(t0[:, None] + offs[None, :], t0[:, None] + lens[:, None] - 1)
         e_idx = env_idx[:, None].expand_as(t_idx)
-        mb = {key: _seq_take(data[key], t_idx, e_idx) for key in (keys or _sample_keys(data))}
+        mb = {key: _seq_take(data[key], t_idx, e_idx) for key in (keys or self._sample_keys(data))}
         mb["episode_start"] = data["episode_start"][t_idx, e_idx]
         mb["t_idx"], mb["e_idx"] = t_idx, e_idx
         # Every segment gets its env's state at the rollout start: the first segment of an env
@@ -844,7 +849,6 @@ class OnPolicyAlgorithm:
             nn.utils.clip_grad_norm_(list(params), self.config.max_grad_norm)
 
     def _update(self, data: dict[str, Any], stats: EpochStats) -> dict[str, float]:
-        data["fit_step_costs"] = self.policy.has_step_cost_model
         if self.global_step <= self.config.critic_warmup_steps:
             self._advantages(data)  # the critics' regression targets
             return self.minibatch_updates(data, train_actor=False) | {"Train/CriticWarmup": 1.0}
@@ -1238,13 +1242,6 @@ class WeightAverage:
         return average
 
 _SAMPLE_KEYS = ("obs", "actions", "logp", "old_dist", "adv", "adv_r", "adv_c", "ret", "cost_ret")
-
-
-def _sample_keys(data: Mapping[str, Any]) -> tuple[str, ...]:
-    """The per-step entries a minibatch carries: the anchor's distributions when there is an anchor,
-    the step's costs when the policy has a one-step cost model to fit."""
-    optional = ("anchor_dist",) if "anchor_dist" in data else ()
-    return _SAMPLE_KEYS + optional + (("costs",) if data.get("fit_step_costs") else ())
 
 
 def _frozen_copy(module: ActorCritic) -> ActorCritic:
