@@ -377,6 +377,19 @@ def test_the_step_cost_model_is_a_critic_head_and_loads_onto_a_checkpoint_withou
         )  # fmt: skip
 
 
+def policy_whose_model_says_moving_costs() -> VLAPolicy:
+    """A tiny policy whose one-step cost model says: moving ahead (action 0) costs 1 on every
+    channel, nothing else costs."""
+    torch.manual_seed(0)
+    policy = tiny_policy(step_cost_model=True)
+    with torch.no_grad():
+        policy.step_cost_head.weight.zero_()
+        bias = torch.zeros(cat.NUM_ACTIONS, 5)
+        bias[0] = 1.0
+        policy.step_cost_head.bias.copy_(bias.flatten())
+    return policy
+
+
 def _move_probability(algo, data) -> float:
     with torch.no_grad():
         probs = [algo.policy.evaluate(mb).dist.logits.exp()[..., 0][mb["mask"]] for mb in algo._minibatches(data)]
@@ -388,13 +401,7 @@ def test_the_step_cost_term_moves_probability_off_the_action_the_model_says_cost
     """The model is set to say: moving ahead (action 0) costs 1 on every channel, nothing else
     costs. With the term on, one epoch's update lowers the probability of moving far more than
     the sampled advantages alone do."""
-    torch.manual_seed(0)
-    policy = tiny_policy(step_cost_model=True)
-    with torch.no_grad():
-        policy.step_cost_head.weight.zero_()
-        bias = torch.zeros(cat.NUM_ACTIONS, 5)
-        bias[0] = 1.0
-        policy.step_cost_head.bias.copy_(bias.flatten())
+    policy = policy_whose_model_says_moving_costs()
     algo = get_algorithm("PPOLag")(
         "SafetyChores-Fetch-v0", cost_limit=1.0, seed=0, run_dir=False, policy=policy, num_envs=2,
         steps_per_epoch=48, minibatch_size=24, update_epochs=4, env_kwargs=ENV_KWARGS, lambda_init=2.0,
@@ -410,3 +417,55 @@ def test_the_step_cost_term_moves_probability_off_the_action_the_model_says_cost
     else:
         assert after < 0.25 * before, (before, after)
     algo.close()
+
+
+def test_shield_mask_allows_the_actions_predicted_under_the_threshold_or_else_the_cheapest():
+    from cmdp.policies.distributions import Categorical, shield_mask, shielded
+
+    step_cost = torch.tensor(
+        [
+            [[0.2, 0.2], [0.0, -0.5], [1.0, 0.0]],  # sums 0.4, 0 (a negative prediction counts as 0), 1.0
+            [[0.9, 0.0], [0.5, 0.5], [0.3, 0.4]],  # none at most 0.5: the cheapest (0.7) alone
+        ]
+    )
+    mask = shield_mask(step_cost, 0.5)
+    assert mask.tolist() == [[True, True, False], [False, False, True]]
+    dist = shielded(Categorical(torch.zeros(2, 3)), mask)
+    torch.testing.assert_close(dist.logits.exp(), torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]))
+    assert shielded(dist, None) is dist
+
+
+def test_the_cost_shield_keeps_the_actions_predicted_costly_out_of_rollouts_and_updates():
+    """The model says moving ahead (action 0) costs 1 on every channel. With the shield at 0.5 no
+    rollout, evaluation or prediction moves ahead; the rollout stores the allowed actions and the
+    update's log-probabilities of the taken actions are the shielded ones acting drew."""
+    from cmdp.algorithms.engine import taken_log_prob
+
+    policy = policy_whose_model_says_moving_costs()
+    with torch.no_grad():
+        policy.action_head.net.bias[0] += 3.0  # unshielded, the policy would mostly move ahead
+    algo = get_algorithm("PPOLag")(
+        "SafetyChores-Fetch-v0", cost_limit=1.0, seed=0, run_dir=False, policy=policy, num_envs=2,
+        steps_per_epoch=48, minibatch_size=24, update_epochs=1, env_kwargs=ENV_KWARGS, critic_lr=1e-9,
+        shield_threshold=0.5,
+    )  # fmt: skip
+    data, _, _ = algo._collect()
+    assert (data["actions"] != 0).all()
+    assert not data["action_mask"][..., 0].any() and data["action_mask"][..., 1:].all()
+    algo._advantages(data)
+    for mb in algo._minibatches(data):
+        with torch.no_grad():
+            dist = algo.policy.evaluate(mb).dist
+            logp = taken_log_prob(dist, mb)
+            # renormalised over the allowed actions: the unshielded log-probability less log(1 - p(move))
+            renormalised = dist.log_prob(mb["actions"]) - torch.log1p(-dist.logits[..., 0].exp())
+        assert float(dist.logits[..., 0].exp()[mb["mask"]].min()) > 0.4  # unshielded, moving is likely
+        torch.testing.assert_close(logp[mb["mask"]], mb["logp"][mb["mask"]], rtol=0, atol=1e-5)
+        torch.testing.assert_close(logp[mb["mask"]], renormalised[mb["mask"]], rtol=0, atol=1e-5)
+    obs, _ = algo.env.reset(seed=1)
+    actions, _ = algo.predict(obs, episode_start=np.ones(2, bool))
+    assert (np.asarray(actions) != 0).all()
+    algo.close()
+    with pytest.raises(ConfigError, match="shield_threshold=0.5 needs a policy with a one-step cost model"):
+        PPO("SafetyChores-Fetch-v0", run_dir=False, policy=tiny_policy(), num_envs=2, steps_per_epoch=12,
+            env_kwargs=ENV_KWARGS, shield_threshold=0.5)  # fmt: skip

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from cmdp.algorithms.config import option
-from cmdp.algorithms.engine import EpochStats, OnPolicyAlgorithm, OnPolicyConfig, masked_mean
+from cmdp.algorithms.engine import EpochStats, OnPolicyAlgorithm, OnPolicyConfig, masked_mean, taken_log_prob
 from cmdp.algorithms.functional import (
     conjugate_gradient,
     flat_grad,
@@ -101,7 +101,7 @@ class CPO(OnPolicyAlgorithm):
 
     def _surrogates(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, ActionDistribution]:
         dist = self.policy.action_distribution(batch)
-        ratio = torch.exp(dist.log_prob(batch["actions"]) - batch["logp"])
+        ratio = torch.exp(taken_log_prob(dist, batch) - batch["logp"])
         mask = batch["mask"]
         reward_surrogate = masked_mean(ratio * batch["adv"], mask)
         adv_c = batch["adv_c"]

@@ -44,6 +44,7 @@ from cmdp.algorithms.functional import gae
 from cmdp.core.vector import VectorCMDP, obs_where
 from cmdp.errors import CheckpointError, ConfigError, NonFiniteError
 from cmdp.policies.base import ActorCritic, state_map
+from cmdp.policies.distributions import ActionDistribution, shield_mask, shielded
 from cmdp.policies.encoders import obs_to_tensor
 from cmdp.policies.mlp import MLPActorCritic
 from cmdp.policies.numpy_acting import ActingStep, NumpyActing, numpy_obs
@@ -112,6 +113,17 @@ class OnPolicyConfig(Config):
         "follows the minibatch loss (PPO, PPOLag, PIDLag, FOCOPS); PPO's w_c is 0. 0: off.",
         ge=0.0,
     )
+    shield_threshold: float = option(
+        0.0,
+        "A cost shield: when acting, in training and after it (predict, evaluate, assurance), "
+        "the policy samples only among the actions whose predicted cost on this step, summed over "
+        "the channels of its one-step cost model (VLAConfig(step_cost_model=True)), is at most "
+        "this (where none is, the cheapest). The allowed actions are stored with the rollout and "
+        "the update's probability ratios are those of the shielded policy, as with invalid-action "
+        "masking. The model predicts only what it has seen taken: an action it wrongly predicts "
+        "costly is not tried again in similar states. Discrete actions. 0: off.",
+        ge=0.0,
+    )
     clip_ratio: float = option(0.2, "PPO clip range epsilon: the ratio is clipped to [1-eps, 1+eps].", gt=0.0)
     target_kl: float | None = option(
         0.02,
@@ -145,7 +157,8 @@ class OnPolicyConfig(Config):
         "mlp",
         "Policy network: 'mlp' (feed-forward), 'gru' (a sequence policy with memory) or 'vla' (the "
         "vision-language-action transformer of cmdp.policies.vla with its default VLAConfig, plus "
-        "the one-step cost model when step_cost_coef > 0; rgb Safety-CHORES observations).",
+        "the one-step cost model when step_cost_coef or shield_threshold is > 0; rgb Safety-CHORES "
+        "observations).",
         choices=("mlp", "gru", "vla"),
     )
     hidden_sizes: tuple[int, ...] = option((64, 64), "Hidden layer widths of actor and critics.", ge=1)
@@ -290,11 +303,12 @@ class OnPolicyAlgorithm:
         self._tail: WeightAverage | None = None
         self._tail_total: int | None = None
         self._rollout_workers: Any = None
-        if self.config.step_cost_coef > 0 and not self.policy.has_step_cost_model:
-            raise ConfigError(
-                f"step_cost_coef={self.config.step_cost_coef} needs a policy with a one-step cost model "
-                f"(e.g. VLAConfig(step_cost_model=True)); {type(self.policy).__name__} has none"
-            )
+        for name in ("step_cost_coef", "shield_threshold"):
+            if getattr(self.config, name) > 0 and not self.policy.has_step_cost_model:
+                raise ConfigError(
+                    f"{name}={getattr(self.config, name)} needs a policy with a one-step cost model "
+                    f"(e.g. VLAConfig(step_cost_model=True)); {type(self.policy).__name__} has none"
+                )
         self.setup()
         if self.config.rollout_workers:
             # started here rather than by the first epoch: settings that rule workers out (checked
@@ -322,7 +336,7 @@ class OnPolicyAlgorithm:
         if c.network == "vla":
             from cmdp.policies.vla import VLAConfig, VLAPolicy
 
-            return VLAPolicy(*spaces, VLAConfig(step_cost_model=c.step_cost_coef > 0))
+            return VLAPolicy(*spaces, VLAConfig(step_cost_model=c.step_cost_coef > 0 or c.shield_threshold > 0))
         return MLPActorCritic(*spaces, **common)
 
     def _build_env(self, env: Any, num_envs: int, seed: int, obs_rms: Any = None) -> VectorCMDP:
@@ -405,7 +419,7 @@ class OnPolicyAlgorithm:
 
     def actor_loss(self, out, mb: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         """PPO's clipped surrogate (Schulman et al., 2017) with an optional entropy bonus."""
-        logp = out.dist.log_prob(mb["actions"])
+        logp = taken_log_prob(out.dist, mb)
         ratio = torch.exp(logp - mb["logp"])
         adv = mb["adv"]
         eps = self.config.clip_ratio
@@ -590,6 +604,7 @@ class OnPolicyAlgorithm:
         episode_start = np.zeros((horizon, n), bool)
         dist_params: dict[str, list[np.ndarray]] = {}
         action_list: list[np.ndarray] = []
+        mask_list: list[np.ndarray] = []
         start_state = self._policy_state
         numpy_acting = NumpyActing.from_policy(self.policy) if c.numpy_acting else None
         ep_returns, ep_costs, ep_lengths, successes = [], [], [], []
@@ -608,6 +623,8 @@ class OnPolicyAlgorithm:
                 dist_params.setdefault(key, []).append(v)
             obs_buf.append(_copy_obs(obs_t))  # envs may reuse their observation arrays
             action_list.append(step.action)
+            if step.action_mask is not None:
+                mask_list.append(step.action_mask)
             t0 = time.perf_counter()
             next_obs, reward, cost, term, trunc, info = env.step(step.env_action)
             t_env += time.perf_counter() - t0
@@ -672,6 +689,8 @@ class OnPolicyAlgorithm:
             "episode_start": torch.from_numpy(episode_start),
             "start_state": start_state,
         }
+        if mask_list:
+            data["action_mask"] = torch.from_numpy(np.stack(mask_list))
         episodes = {"returns": ep_returns, "costs": ep_costs, "lengths": ep_lengths, "successes": successes}
         return data, episodes, t_env
 
@@ -681,8 +700,10 @@ class OnPolicyAlgorithm:
         policy = self.policy
         with torch.no_grad():
             out = policy.act(obs, self._policy_state, torch.from_numpy(episode_start.copy()))
-            action = out.dist.sample()
-            logp = out.dist.log_prob(action)
+            mask = self._shield_mask(out)
+            dist = shielded(out.dist, mask)
+            action = dist.sample()
+            logp = dist.log_prob(action)
         self._policy_state = out.state
         return ActingStep(
             policy.to_env_action(action),
@@ -690,8 +711,21 @@ class OnPolicyAlgorithm:
             logp.float().numpy(),
             out.value.float().numpy(),
             out.cost_value.float().numpy(),
+            # the policy's own distribution: the KL terms (target_kl, FOCOPS, the anchor) measure
+            # how the policy moves, the shield being a fixed function of its cost model
             {key: v.numpy() for key, v in out.dist.params().items()},
+            None if mask is None else mask.numpy(),
         )
+
+    def _shield_mask(self, out: Any) -> Tensor | None:
+        """The actions the cost shield allows at an acting step (None: no shield)."""
+        if self.config.shield_threshold <= 0:
+            return None
+        return shield_mask(out.step_cost, self.config.shield_threshold)
+
+    def _acting_distribution(self, out: Any) -> ActionDistribution:
+        """The distribution actions are drawn from when acting: the policy's, shielded."""
+        return shielded(out.dist, self._shield_mask(out))
 
     def _values_of(self, numpy_acting: NumpyActing | None, obs: Any) -> tuple[np.ndarray, np.ndarray]:
         """Reward and cost values of env observations, in the state the policy is in now."""
@@ -769,8 +803,9 @@ class OnPolicyAlgorithm:
 
     def _sample_keys(self, data: Mapping[str, Any]) -> tuple[str, ...]:
         """The per-step entries a minibatch carries: the anchor's distributions when there is an
-        anchor, the step's costs when the policy has a one-step cost model to fit."""
-        optional = ("anchor_dist",) if "anchor_dist" in data else ()
+        anchor, the cost shield's allowed actions when it acted, the step's costs when the policy
+        has a one-step cost model to fit."""
+        optional = tuple(key for key in ("anchor_dist", "action_mask") if key in data)
         return _SAMPLE_KEYS + optional + (("costs",) if self.policy.has_step_cost_model else ())
 
     def _minibatches(self, data: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -979,7 +1014,8 @@ class OnPolicyAlgorithm:
         start = None if episode_start is None else torch.as_tensor(np.asarray(episode_start, dtype=bool))
         with torch.no_grad():
             out = self.policy.act(self._to_tensor(obs), state, start)
-            action = out.dist.mode() if deterministic else out.dist.sample()
+            dist = self._acting_distribution(out)
+            action = dist.mode() if deterministic else dist.sample()
         return self.policy.to_env_action(action), out.state
 
     def evaluate(self, episodes: int = 10, seed: int | None = None, deterministic: bool = False) -> dict[str, Any]:
@@ -1030,7 +1066,8 @@ class OnPolicyAlgorithm:
             while (done_count < quota).any():
                 with torch.no_grad():
                     out = self.policy.act(self._to_tensor(obs), state, torch.from_numpy(start))
-                    action = out.dist.mode() if deterministic else out.dist.sample()
+                    dist = self._acting_distribution(out)
+                    action = dist.mode() if deterministic else dist.sample()
                 obs, r, c, term, trunc, info = env.step(self.policy.to_env_action(action))
                 state = out.state
                 ret += r
@@ -1242,6 +1279,13 @@ class WeightAverage:
         return average
 
 _SAMPLE_KEYS = ("obs", "actions", "logp", "old_dist", "adv", "adv_r", "adv_c", "ret", "cost_ret")
+
+
+def taken_log_prob(dist: ActionDistribution, batch: Mapping[str, Any]) -> Tensor:
+    """Log-probabilities of the batch's actions under ``dist`` as the rollout drew them: shielded
+    by the actions the cost shield allowed, where it acted. The probability ratios of every
+    solver compare these with the rollout's ``logp``."""
+    return shielded(dist, batch.get("action_mask")).log_prob(batch["actions"])
 
 
 def _frozen_copy(module: ActorCritic) -> ActorCritic:

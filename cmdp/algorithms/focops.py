@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Mapping
 import torch
 
 from cmdp.algorithms.config import option
-from cmdp.algorithms.engine import OnPolicyConfig, masked_mean
+from cmdp.algorithms.engine import OnPolicyConfig, masked_mean, taken_log_prob
 from cmdp.algorithms.ppo_lag import PPOLag, PPOLagConfig
 
 
@@ -42,7 +42,7 @@ class FOCOPS(PPOLag):
 
     def actor_loss(self, out, mb: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.config
-        logp = out.dist.log_prob(mb["actions"])
+        logp = taken_log_prob(out.dist, mb)
         ratio = torch.exp(logp - mb["logp"])
         kl = out.dist.kl_to(mb["old_dist"])
         inside = (kl.detach() <= c.focops_eta).float()

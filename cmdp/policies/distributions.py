@@ -78,6 +78,33 @@ class Categorical(ActionDistribution):
         return (self.logits.exp() * (self.logits - old["logits"])).sum(-1)
 
 
+# a finite stand-in for minus infinity: a masked action's probability is exactly 0 in float32
+# and float64, and a row that masks everything stays a (uniform) distribution instead of NaN
+_MASKED_LOGIT = -1e9
+
+
+def shield_mask(step_cost: Tensor, threshold: float) -> Tensor:
+    """``[..., A]`` bool: the actions a cost shield allows, from a one-step cost model's
+    predictions ``step_cost`` ``[..., A, K]``.
+
+    An action is allowed when its predicted cost summed over the channels (negative predictions
+    count as 0: costs are non-negative) is at most ``threshold``. Where no action is, the one
+    predicted cheapest is, so that the shielded policy always has an action to take."""
+    predicted = step_cost.clamp(min=0).sum(-1)
+    allowed = predicted <= threshold
+    cheapest = torch.nn.functional.one_hot(predicted.argmin(-1), predicted.shape[-1]).bool()
+    return torch.where(allowed.any(-1, keepdim=True), allowed, cheapest)
+
+
+def shielded(dist: ActionDistribution, mask: Tensor | None) -> ActionDistribution:
+    """``dist`` restricted to the actions ``mask`` allows and renormalised (None: ``dist``)."""
+    if mask is None:
+        return dist
+    if not isinstance(dist, Categorical):
+        raise TypeError(f"a cost shield masks discrete actions; got a {type(dist).__name__}")
+    return Categorical(dist.logits.masked_fill(~mask, _MASKED_LOGIT))
+
+
 class DiagGaussian(ActionDistribution):
     def __init__(self, mean: Tensor, log_std: Tensor) -> None:
         self.mean = mean

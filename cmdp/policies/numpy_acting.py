@@ -44,6 +44,7 @@ class ActingStep(NamedTuple):
     value: np.ndarray  # [N]
     cost_value: np.ndarray  # [N, K]
     dist_params: dict[str, np.ndarray]  # as ActionDistribution.params()
+    action_mask: np.ndarray | None = None  # [N, A] bool: the actions a cost shield allowed
 
 
 class _Network:

@@ -51,7 +51,8 @@ transformer, as FLaRe uses; :meth:`VLAPolicy.from_pretrained` then starts that n
 copy of the pretrained actor network when the checkpoint has none. ``step_cost_model=True`` adds
 one more critic head on the same features: for every action, the cost each channel charges on
 this step if that action is taken (``PolicyOutput.step_cost``, ``[B, L, A, K]``), fitted to the
-taken actions' costs and used by the engine's ``step_cost_coef`` term.
+taken actions' costs and used by the engine's ``step_cost_coef`` term and its cost shield
+(``shield_threshold``); :meth:`VLAPolicy.act` returns it for the acting step (``[N, A, K]``).
 
 Checkpoints (:meth:`VLAPolicy.save_pretrained`, :meth:`VLAPolicy.from_pretrained`): one
 file with the config, the observation/action dimensions and the weights, read with
@@ -124,7 +125,7 @@ class VLAConfig(Config):
         "Add a one-step cost model: a linear head on the critic's features that predicts, for every "
         "action, the cost each channel charges on this step if that action is taken. It is a critic "
         "(trained on the taken actions' costs, gradient stopped at the features) and feeds the "
-        "engine's step_cost_coef term.",
+        "engine's step_cost_coef term and its cost shield (shield_threshold).",
     )
     max_time: int = option(
         1024, "Largest episode step the sinusoidal time features distinguish (longer ones are clipped).", ge=1
@@ -519,6 +520,11 @@ class VLAPolicy(ActorCritic):
         v = self.value_head(critic_feat)
         return v[..., 0], v[..., 1:]
 
+    def _step_cost(self, critic_feat: Tensor) -> Tensor | None:
+        if self.step_cost_head is None:
+            return None
+        return self.step_cost_head(critic_feat).unflatten(-1, (self.num_actions, self.num_costs))
+
     def _as_state(self, state: Any, n: int) -> Mapping[str, Tensor]:
         return self.initial_state(n) if state is None else state
 
@@ -542,7 +548,11 @@ class VLAPolicy(ActorCritic):
         actor_out, critic_feat, new_kv, key_episode = self._run(seq_obs, state, start[:, None])
         value, cost_value = self._values(critic_feat[:, 0])
         return PolicyOutput(
-            self.action_head(actor_out[:, 0]), value, cost_value, self._next_state(state, new_kv, key_episode)
+            self.action_head(actor_out[:, 0]),
+            value,
+            cost_value,
+            self._next_state(state, new_kv, key_episode),
+            self._step_cost(critic_feat[:, 0]),
         )
 
     def values(self, obs: Any, state: Any = None) -> tuple[Tensor, Tensor]:
@@ -560,10 +570,7 @@ class VLAPolicy(ActorCritic):
         state = self._as_state(state, starts.shape[0])
         actor_out, critic_feat, _, _ = self._run(batch["obs"], state, starts)
         value, cost_value = self._values(critic_feat)
-        step_cost = None
-        if self.step_cost_head is not None:
-            step_cost = self.step_cost_head(critic_feat).unflatten(-1, (self.num_actions, self.num_costs))
-        return PolicyOutput(self.action_head(actor_out), value, cost_value, None, step_cost)
+        return PolicyOutput(self.action_head(actor_out), value, cost_value, None, self._step_cost(critic_feat))
 
     def action_distribution(self, batch: Mapping[str, Any]) -> ActionDistribution:
         """As :meth:`evaluate`'s distribution, without the critic network and heads."""
