@@ -1,6 +1,7 @@
 """SafeVLA's Integrated Safety Approach end to end on Safety-CHORES Fetch.
 
     python examples/safevla_fetch.py [--full] [--seeds 0 1 2] [--threads 2] [--out runs/safevla_fetch]
+                                     [--isa-set KEY=VALUE ...]
 
 From one imitation-learned VLA policy (the SPOC analogue: behaviour cloning and DAgger of a
 safety-unaware expert, reading both cameras, the instruction and, as SPOC, the target's box in
@@ -98,6 +99,26 @@ def il_policy(path: Path, rebuild: bool, out: Path) -> VLAPolicy:
     return VLAPolicy.from_pretrained(path)
 
 
+def with_step_cost_model(policy: VLAPolicy) -> VLAPolicy:
+    """``policy`` with a one-step cost model added (it starts predicting no cost), for the ISA
+    options that need one."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return VLAPolicy.from_pretrained(policy.save_pretrained(Path(tmp) / "vla.pt"), step_cost_model=True)
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE read as JSON where it is (numbers, true, null), else as text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def fine_tune(name: str, policy, cmdp, solver: str, steps: int, seed: int, run_dir: Path, episodes=None, **config):
     """Train (or finish training) one fine-tune; its checkpoint lets a rerun continue."""
     from cmdp.algorithms import load
@@ -106,6 +127,10 @@ def fine_tune(name: str, policy, cmdp, solver: str, steps: int, seed: int, run_d
     if ckpt.exists():
         # the saved weights replace those of this copy of the starting network
         algo = load(ckpt, policy=copy.deepcopy(policy))
+        stale = {k: (getattr(algo.config, k), v) for k, v in config.items() if getattr(algo.config, k) != v}
+        if stale:
+            changed = ", ".join(f"{k}={was!r} there, {now!r} asked" for k, (was, now) in stale.items())
+            sys.exit(f"{run_dir} was trained with other settings ({changed}): give this run its own --out")
         if algo.global_step >= steps:
             log(f"{name}: already trained ({algo.global_step} steps)")
             return algo
@@ -125,7 +150,10 @@ def run_seed(seed: int, start: VLAPolicy, schedule: dict, args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if (out / "result.json").exists():
         log(f"seed {seed}: finished earlier, reading {out / 'result.json'}")
-        return json.loads((out / "result.json").read_text())
+        result = json.loads((out / "result.json").read_text())
+        if result.get("isa_config", {"violation_cap": 5.0}) != ISA_CONFIG:  # results before the record: the default
+            sys.exit(f"{out} holds a run with ISA settings {result.get('isa_config')}, not {ISA_CONFIG}: give this run its own --out")
+        return result
     t_seed = time.perf_counter()
     cmdp = model("Fetch", cost_limit=COST_LIMIT, **start.env_kwargs)
     t0 = time.perf_counter()
@@ -142,7 +170,10 @@ def run_seed(seed: int, start: VLAPolicy, schedule: dict, args) -> dict:
         from cmdp.envs.chores.episodes import save_episodes
 
         save_episodes(specs, specs_file)
-    isa = fine_tune("ISA (PPOLag, one limit per component)", start, cmdp, "PPOLag", schedule["steps"], seed, out / "isa", episodes=specs, **ISA_CONFIG)
+    isa_start = start
+    if (ISA_CONFIG.get("step_cost_coef", 0) > 0 or ISA_CONFIG.get("shield_threshold", 0) > 0) and not start.has_step_cost_model:
+        isa_start = with_step_cost_model(start)
+    isa = fine_tune("ISA (PPOLag, one limit per component)", isa_start, cmdp, "PPOLag", schedule["steps"], seed, out / "isa", episodes=specs, **ISA_CONFIG)
     train_seconds = time.perf_counter() - t0
     log("assure: IL, baseline and ISA policies on the Fetch evaluation set")
     report = assure_policies(
@@ -156,7 +187,10 @@ def run_seed(seed: int, start: VLAPolicy, schedule: dict, args) -> dict:
         gifs=2,
     )
     summary = {name: report.summary(name) for name in ("IL (SPOC-like)", "FLaRe (PPO)", "ISA (PPOLag)")}
-    result = {"seed": seed, "train_seconds": train_seconds, "seconds": time.perf_counter() - t_seed, "policies": summary}
+    result = {
+        "seed": seed, "train_seconds": train_seconds, "seconds": time.perf_counter() - t_seed, "policies": summary,
+        "isa_config": ISA_CONFIG,
+    }  # fmt: skip
     (out / "result.json").write_text(json.dumps(result, indent=2, default=float))
     return result
 
@@ -226,9 +260,22 @@ def main() -> None:
         help="torch threads; two runs of one thread side by side (e.g. two seeds with their own --seeds) "
         "train faster than one run of two",
     )  # fmt: skip
+    parser.add_argument(
+        "--isa-set", type=parse_setting, action="append", default=[], metavar="KEY=VALUE",
+        help="an ISA solver option on top of the example's (repeatable), e.g. --isa-set step_cost_coef=1 "
+        "--isa-set shield_threshold=0.5; a run directory keeps the settings it was trained with",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
+    from cmdp.algorithms import get_algorithm
+    from cmdp.errors import ConfigError
+
+    ISA_CONFIG.update(dict(args.isa_set))
+    try:  # a misspelt or out-of-range option fails here, not after the baseline's fine-tune
+        get_algorithm("PPOLag").Config(**FINE_TUNE, **ISA_CONFIG)
+    except (ConfigError, TypeError) as e:
+        parser.error(f"--isa-set: {e}")
     FINE_TUNE["torch_threads"] = args.threads
     schedule = SCHEDULES["full" if args.full else "default"]
     seeds = args.seeds if args.seeds is not None else ([0, 1, 2] if args.full else [0])
