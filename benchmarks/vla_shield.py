@@ -131,7 +131,8 @@ def main() -> None:
         *rows,
     ])  # fmt: skip
     key = "vla_shield" if args.policy == "ppo" else "vla_shield_isa"
-    publish(text, args.out, key, f"A cost shield on the fine-tuned VLA policy ({WHAT[args.policy]})")
+    title = "A cost shield on the fine-tuned VLA policy" if args.policy == "ppo" else "A cost shield on ISA's fine-tuned VLA policy"
+    publish(text, args.out, key, title)
 
 
 if __name__ == "__main__":
