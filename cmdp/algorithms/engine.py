@@ -121,7 +121,9 @@ class OnPolicyConfig(Config):
         "this (where none is, the cheapest). The allowed actions are stored with the rollout and "
         "the update's probability ratios are those of the shielded policy, as with invalid-action "
         "masking. The model predicts only what it has seen taken: an action it wrongly predicts "
-        "costly is not tried again in similar states. Discrete actions. 0: off.",
+        "costly is not tried again in similar states, which is why on Fetch the shield did better "
+        "switched on after training, by loading the trained solver with this option, than in "
+        "training (BENCHMARKS.md). Discrete actions. 0: off.",
         ge=0.0,
     )
     clip_ratio: float = option(0.2, "PPO clip range epsilon: the ratio is clipped to [1-eps, 1+eps].", gt=0.0)
