@@ -19,6 +19,7 @@ under the ``vla_shield`` markers.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -68,7 +69,9 @@ def assured(run_dir: Path, seed: int, threshold: float, start: VLAPolicy, cmdp, 
     out = run_dir.parent / f"{run_dir.name}-shield-{threshold:g}"
     if (out / "summary.json").exists():
         return json.loads((out / "summary.json").read_text())
-    algo = load(run_dir / "checkpoint.pt", policy=start, shield_threshold=threshold)
+    # load() fills the network it is given with the saved weights: a copy, so that `start` stays
+    # the IL policy the next seed's elicitation and fine-tune begin from
+    algo = load(run_dir / "checkpoint.pt", policy=copy.deepcopy(start), shield_threshold=threshold)
     report = assure_policies({"policy": algo}, cmdp, suites="none", episodes=episodes, seed=seed, out_dir=out, num_envs=16, gifs=0)
     summary = report.summary("policy")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
