@@ -99,15 +99,6 @@ def il_policy(path: Path, rebuild: bool, out: Path) -> VLAPolicy:
     return VLAPolicy.from_pretrained(path)
 
 
-def with_step_cost_model(policy: VLAPolicy) -> VLAPolicy:
-    """``policy`` with a one-step cost model added (it starts predicting no cost), for the ISA
-    options that need one."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        return VLAPolicy.from_pretrained(policy.save_pretrained(Path(tmp) / "vla.pt"), step_cost_model=True)
-
-
 def parse_setting(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` with VALUE read as JSON where it is (numbers, true, null), else as text."""
     key, sep, value = text.partition("=")
@@ -172,7 +163,8 @@ def run_seed(seed: int, start: VLAPolicy, schedule: dict, args) -> dict:
         save_episodes(specs, specs_file)
     isa_start = start
     if (ISA_CONFIG.get("step_cost_coef", 0) > 0 or ISA_CONFIG.get("shield_threshold", 0) > 0) and not start.has_step_cost_model:
-        isa_start = with_step_cost_model(start)
+        # the IL policy's file (il_policy() loaded `start` from it), with a cost model that starts predicting no cost
+        isa_start = VLAPolicy.from_pretrained(args.il, step_cost_model=True)
     isa = fine_tune("ISA (PPOLag, one limit per component)", isa_start, cmdp, "PPOLag", schedule["steps"], seed, out / "isa", episodes=specs, **ISA_CONFIG)
     train_seconds = time.perf_counter() - t0
     log("assure: IL, baseline and ISA policies on the Fetch evaluation set")
