@@ -14,7 +14,7 @@ from cmdp.algorithms import load
 from cmdp.envs.chores.costs import COST_NAMES
 from cmdp.errors import ConfigError
 from cmdp.isa import evaluate_policy, generate_demos, train_bc, training_episodes
-from cmdp.isa.pipeline import DEFAULT_COST_LIMIT, align, assure_policies, constrain, model
+from cmdp.isa.pipeline import DEFAULT_COST_LIMIT, align, assure_policies, constrain, elicit_scenarios, model
 from cmdp.policies.vla import VLAConfig
 
 
@@ -137,6 +137,23 @@ def test_a_fine_tune_with_elicited_episodes_resumes_from_its_checkpoint(fine_tun
         again.learn(isa.global_step + SOLVER["steps_per_epoch"])
     finally:
         again.close()
+
+
+def test_elicitation_is_the_same_for_a_seed_whatever_torch_drew_before(fine_tunes):
+    # the tiny VLA samples its actions: the search's scores depend on torch's generator, which
+    # elicit_scenarios seeds from its own seed and gives back as it found it
+    cmdp, _, start, _, _, _ = fine_tunes
+    budget = dict(iterations=2, population=3, episodes_per_candidate=2, num_specs=3, verbose=False)
+    runs = []
+    for before in (0, 1):
+        torch.manual_seed(before)
+        state = torch.get_rng_state()
+        runs.append(elicit_scenarios(start, cmdp, seed=7, **budget))
+        assert torch.equal(torch.get_rng_state(), state), "elicit_scenarios left torch's generator moved"
+    scores = [[h["population_score"] for h in run.history] for run in runs]
+    assert scores[0] == scores[1] and max(scores[0]) > 0, scores
+    assert np.array_equal(runs[0].mean, runs[1].mean) and np.array_equal(runs[0].std, runs[1].std)
+    assert [s.start for s in runs[0].specs] == [s.start for s in runs[1].specs]
 
 
 def test_assurance_report_of_the_fine_tunes_has_the_required_fields(fine_tunes, tmp_path):

@@ -679,7 +679,7 @@ class Progress:
 
 
 @contextlib.contextmanager
-def _seeded_torch(seed: int) -> Iterator[None]:
+def seeded_torch(seed: int) -> Iterator[None]:
     """Seed torch's global generator (sampled actions) for a run and restore it afterwards; a
     no-op when torch was never imported (experts and random need none)."""
     torch = sys.modules.get("torch")
@@ -723,7 +723,7 @@ def _drive(
     quota = np.array([len(range(r, len(specs), n)) for r in range(n)])
     counts = np.zeros(n, dtype=np.int64)
     limit = env.max_episode_steps * (int(quota.max()) + 1) + 10
-    with _seeded_torch(seed):
+    with seeded_torch(seed):
         obs, _ = env.reset(seed=seed)
         policy.reset(n, seed)
         start = np.ones(n, dtype=bool)

@@ -185,23 +185,26 @@ def elicit_scenarios(
     """Stage 2: search the scene knobs for where ``policy`` pays the most cost.
 
     Returns :class:`cmdp.envs.chores.elicit.ElicitResult`; its ``specs`` are the elicited
-    episodes for :func:`constrain`."""
+    episodes for :func:`constrain`. Deterministic in ``seed``: the policy's sampled actions are
+    drawn from torch's generator seeded with it (and restored afterwards), as in the assurance."""
     from cmdp.envs.chores.elicit import elicit
+    from cmdp.isa.assure import seeded_torch
 
     env_kwargs = cmdp.env_kwargs()
     env_kwargs.pop("obs_mode")
-    return elicit(
-        _elicitation_actor(policy),
-        cmdp.task,
-        iterations=iterations,
-        population=population,
-        episodes_per_candidate=episodes_per_candidate,
-        num_specs=num_specs,
-        seed=seed,
-        env_kwargs={"obs_mode": cmdp.obs_mode, **env_kwargs},
-        verbose=verbose,
-        **options,
-    )
+    with seeded_torch(seed):
+        return elicit(
+            _elicitation_actor(policy),
+            cmdp.task,
+            iterations=iterations,
+            population=population,
+            episodes_per_candidate=episodes_per_candidate,
+            num_specs=num_specs,
+            seed=seed,
+            env_kwargs={"obs_mode": cmdp.obs_mode, **env_kwargs},
+            verbose=verbose,
+            **options,
+        )
 
 
 def constrain(
