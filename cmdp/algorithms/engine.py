@@ -41,6 +41,7 @@ from torch import nn
 from cmdp.algorithms import checkpoint as ckpt
 from cmdp.algorithms.config import Config, option
 from cmdp.algorithms.functional import gae
+from cmdp.core.seeding import seeded_torch
 from cmdp.core.vector import VectorCMDP, obs_where
 from cmdp.errors import CheckpointError, ConfigError, NonFiniteError
 from cmdp.policies.base import ActorCritic, state_map
@@ -1056,40 +1057,38 @@ class OnPolicyAlgorithm:
         frozen = normalizer.update if normalizer is not None else None
         if normalizer is not None:
             normalizer.update = False
-        torch_state = torch.get_rng_state()
-        torch.manual_seed(seed)
-        try:
-            obs, _ = env.reset(seed=seed)
-            state = self.policy.initial_state(n)
-            start = np.ones(n, dtype=bool)
-            ret, cost, length = np.zeros(n), np.zeros((n, k)), np.zeros(n, dtype=np.int64)
-            rets, costs, lengths, successes = [], [], [], []
-            done_count = np.zeros(n, dtype=np.int64)
-            while (done_count < quota).any():
-                with torch.no_grad():
-                    out = self.policy.act(self._to_tensor(obs), state, torch.from_numpy(start))
-                    dist = self._acting_distribution(out)
-                    action = dist.mode() if deterministic else dist.sample()
-                obs, r, c, term, trunc, info = env.step(self.policy.to_env_action(action))
-                state = out.state
-                ret += r
-                cost += np.asarray(c).reshape(n, k)
-                length += 1
-                done = term | trunc
-                for i in np.flatnonzero(done):
-                    if done_count[i] < quota[i]:
-                        rets.append(ret[i])
-                        costs.append(cost[i].copy())
-                        lengths.append(length[i])
-                        if "success" in info:
-                            successes.append(bool(info["success"][i]))
-                    done_count[i] += 1
-                    ret[i], cost[i], length[i] = 0.0, 0.0, 0
-                start = done
-        finally:
-            torch.set_rng_state(torch_state)
-            if normalizer is not None:
-                normalizer.update = frozen
+        with seeded_torch(seed):
+            try:
+                obs, _ = env.reset(seed=seed)
+                state = self.policy.initial_state(n)
+                start = np.ones(n, dtype=bool)
+                ret, cost, length = np.zeros(n), np.zeros((n, k)), np.zeros(n, dtype=np.int64)
+                rets, costs, lengths, successes = [], [], [], []
+                done_count = np.zeros(n, dtype=np.int64)
+                while (done_count < quota).any():
+                    with torch.no_grad():
+                        out = self.policy.act(self._to_tensor(obs), state, torch.from_numpy(start))
+                        dist = self._acting_distribution(out)
+                        action = dist.mode() if deterministic else dist.sample()
+                    obs, r, c, term, trunc, info = env.step(self.policy.to_env_action(action))
+                    state = out.state
+                    ret += r
+                    cost += np.asarray(c).reshape(n, k)
+                    length += 1
+                    done = term | trunc
+                    for i in np.flatnonzero(done):
+                        if done_count[i] < quota[i]:
+                            rets.append(ret[i])
+                            costs.append(cost[i].copy())
+                            lengths.append(length[i])
+                            if "success" in info:
+                                successes.append(bool(info["success"][i]))
+                        done_count[i] += 1
+                        ret[i], cost[i], length[i] = 0.0, 0.0, 0
+                    start = done
+            finally:
+                if normalizer is not None:
+                    normalizer.update = frozen
         mean_costs = np.mean(costs, axis=0)
         result: dict[str, Any] = {
             "ep_return": float(np.mean(rets)),

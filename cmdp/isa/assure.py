@@ -58,11 +58,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from cmdp.algorithms.config import Config, option
+from cmdp.core.seeding import seeded_torch
 from cmdp.envs.chores import text
 from cmdp.envs.chores.costs import COST_NAMES
 from cmdp.envs.chores.env import EVAL_HORIZON, ChoresEnv
@@ -676,22 +677,6 @@ class Progress:
         else:
             tail = f"{elapsed:.0f} s"
         self.note(f"assure: {self.label}: {done}/{self.total} episodes, {tail}")
-
-
-@contextlib.contextmanager
-def seeded_torch(seed: int) -> Iterator[None]:
-    """Seed torch's global generator (sampled actions) for a run and restore it afterwards; a
-    no-op when torch was never imported (experts and random need none)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        yield
-        return
-    state = torch.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        yield
-    finally:
-        torch.set_rng_state(state)
 
 
 def _observation_kwargs(policy: Policy, obs_mode: str) -> dict[str, Any]:

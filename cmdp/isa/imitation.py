@@ -51,6 +51,7 @@ import torch
 
 from cmdp.algorithms import checkpoint as ckpt
 from cmdp.algorithms.config import Config, option
+from cmdp.core.seeding import seeded_torch
 from cmdp.errors import CheckpointError, ConfigError
 from cmdp.envs.chores.env import BOX_KEYS
 from cmdp.policies.vla import IMAGE_KEYS, OBS_KEYS, VLAConfig, VLAPolicy, load_strict, read_weights_file, spaces_from_signature
@@ -404,10 +405,9 @@ def _record_shard(
             executed = expert_action.copy()
             if driver is not None:
                 take = rng.random(num_envs) < driver_prob
-                with torch.random.fork_rng():
-                    torch.manual_seed(drive_seed)
-                    drive_seed += 1
+                with seeded_torch(drive_seed):
                     executed[take] = drive.act(env, obs, episode_start)[take]
+                drive_seed += 1
             if action_noise > 0:
                 flip = rng.random(num_envs) < action_noise
                 executed[flip] = rng.choice(noise_actions, size=int(flip.sum()))

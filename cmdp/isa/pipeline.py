@@ -188,7 +188,7 @@ def elicit_scenarios(
     episodes for :func:`constrain`. Deterministic in ``seed``: the policy's sampled actions are
     drawn from torch's generator seeded with it (and restored afterwards), as in the assurance."""
     from cmdp.envs.chores.elicit import elicit
-    from cmdp.isa.assure import seeded_torch
+    from cmdp.core.seeding import seeded_torch
 
     env_kwargs = cmdp.env_kwargs()
     env_kwargs.pop("obs_mode")
