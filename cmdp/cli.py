@@ -398,22 +398,34 @@ def _learn_and_report(algo: Any, cls: type, total_steps: int, eval_episodes: int
         action="store_true",
         help="take the most likely action instead of sampling (the CMDP optimum is in general stochastic)",
     ),
+    arg(
+        "--shield-threshold", type=float, default=0.0, metavar="T",
+        help="act under the cost shield: only actions whose predicted one-step cost is at most T (default 0: "
+        "no shield; the policy needs a one-step cost model)",
+    ),  # fmt: skip
 )
 def eval_command(args: argparse.Namespace) -> int:
     """Load RUN_DIR/checkpoint.pt, run episodes, print a result table and write RUN_DIR/eval.json."""
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be at least 1, got {args.episodes}")
+    if args.shield_threshold < 0:
+        raise ConfigError(f"--shield-threshold must be >= 0 (0: no shield), got {args.shield_threshold}")
     run_dir, checkpoint = _locate_checkpoint(args.run_dir)
-    algo, cls = _load_algorithm(run_dir, checkpoint)
+    shield = {"shield_threshold": args.shield_threshold} if args.shield_threshold > 0 else {}
+    algo, cls = _load_algorithm(run_dir, checkpoint, **shield)
     try:
         result = algo.evaluate(episodes=args.episodes, seed=args.seed, deterministic=args.deterministic)
     finally:
         _close(algo)
-    out = _write_eval(run_dir, result, checkpoint=checkpoint, seed=args.seed, deterministic=args.deterministic)
+    out = _write_eval(
+        run_dir, result, checkpoint=checkpoint, seed=args.seed, deterministic=args.deterministic,
+        shield_threshold=args.shield_threshold,
+    )  # fmt: skip
     print(
         format_result(
             result,
-            title=f"{_algo_name(algo, cls)} on {_env_name(algo)}",
+            title=f"{_algo_name(algo, cls)} on {_env_name(algo)}"
+            + (f", cost shield at {args.shield_threshold:g}" if shield else ""),
             cost_names=_cost_names(algo),
             run_dir=run_dir,
             episodes=args.episodes,
@@ -463,12 +475,20 @@ def _saved_algo_name(run_dir: Path) -> str | None:
 
 
 def _write_eval(
-    run_dir: Path, result: Mapping[str, Any], *, checkpoint: Path, seed: int | None, deterministic: bool
+    run_dir: Path,
+    result: Mapping[str, Any],
+    *,
+    checkpoint: Path,
+    seed: int | None,
+    deterministic: bool,
+    shield_threshold: float = 0.0,
 ) -> Path:
     from cmdp.runlog import write_json
 
     record = dict(result)
-    record["settings"] = {"checkpoint": str(checkpoint), "seed": seed, "deterministic": deterministic}
+    record["settings"] = {
+        "checkpoint": str(checkpoint), "seed": seed, "deterministic": deterministic, "shield_threshold": shield_threshold,
+    }  # fmt: skip
     return write_json(run_dir / EVAL_FILE, record)
 
 
@@ -745,6 +765,11 @@ def benchmark_command(args: argparse.Namespace) -> int:
     arg("--gifs", type=int, default=3, metavar="K", help="GIFs of each policy's K worst-cost episodes (default 3)"),
     arg("--obs-mode", default="state", help="observations for policies that do not fix their own: state or rgb"),
     arg("--deterministic", action="store_true", help="solver and VLA policies take their most likely action"),
+    arg(
+        "--shield-threshold", type=float, default=0.0, metavar="T",
+        help="solver checkpoints act under their cost shield: only actions whose predicted one-step cost is at "
+        "most T (default 0: no shield; the policy needs a one-step cost model)",
+    ),  # fmt: skip
 )
 def assure_command(args: argparse.Namespace) -> int:
     """Run each POLICY on the task's evaluation set and on the chosen suites (the same episodes
@@ -763,7 +788,7 @@ def assure_command(args: argparse.Namespace) -> int:
         report = assure(
             args.policies, task=args.task, suites=args.suites, episodes=args.episodes, seed=args.seed, out_dir=out,
             num_envs=args.num_envs, gifs=args.gifs, obs_mode=args.obs_mode, suite_episodes=args.suite_episodes,
-            deterministic=args.deterministic,
+            deterministic=args.deterministic, shield_threshold=args.shield_threshold,
         )  # fmt: skip
     except KeyboardInterrupt:
         _stderr(f"\ncmdp: assurance interrupted; the report in {out} is missing or incomplete")

@@ -204,6 +204,8 @@ def test_cli_assures_a_ppolag_checkpoint(ppolag_run, tmp_path, capsys):
         (["expert", "--task", "Fetchy"], "must be one of"),
         (["expert", "--episodes", "999"], "holds 172"),
         (["expert", "--num-envs", "0"], "num_envs must be >= 1"),
+        (["expert", "--shield-threshold", "0.3"], "'expert' has no cost model"),
+        (["random", "--shield-threshold", "-1"], "shield_threshold must be >= 0"),
     ],
 )
 def test_cli_bad_input_exits_2_with_a_message(argv, message, capsys, tmp_path):
@@ -223,6 +225,7 @@ def test_cli_rejects_bad_checkpoints(ppolag_run, tmp_path, capsys):
         ([str(broken)], "corrupted"),
         ([str(empty)], "neither checkpoint.pt"),
         ([str(ppolag_run), "--task", "PickUp"], "trained on Fetch"),
+        ([str(ppolag_run), "--shield-threshold", "0.3"], "needs a policy with a one-step cost model"),
     ]
     for argv, message in cases:
         code = cli.main(["assure", *argv, "--out", str(tmp_path / "r")])

@@ -264,7 +264,9 @@ def test_eval_loads_the_checkpoint_and_writes_eval_json(fake_algos, tmp_path, ca
     assert out.startswith("FakeLag on FakeEnv-v0, 7 episodes (greedy actions)")
     assert "limit 3  over by 1" in out  # hazard: 4 > 3 (the one limit applies to each channel)
     saved = json.loads((run_dir / "eval.json").read_text())
-    assert saved["settings"] == {"checkpoint": str(run_dir / "checkpoint.pt"), "seed": 11, "deterministic": True}
+    assert saved["settings"] == {
+        "checkpoint": str(run_dir / "checkpoint.pt"), "seed": 11, "deterministic": True, "shield_threshold": 0.0,
+    }  # fmt: skip
     # a checkpoint file works as well as its directory
     assert run(capsys, "eval", str(run_dir / "checkpoint.pt"), "--episodes", "1")[0] == 0
 

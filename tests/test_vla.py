@@ -469,3 +469,60 @@ def test_the_cost_shield_keeps_the_actions_predicted_costly_out_of_rollouts_and_
     with pytest.raises(ConfigError, match="shield_threshold=0.5 needs a policy with a one-step cost model"):
         PPO("SafetyChores-Fetch-v0", run_dir=False, policy=tiny_policy(), num_envs=2, steps_per_epoch=12,
             env_kwargs=ENV_KWARGS, shield_threshold=0.5)  # fmt: skip
+
+
+def test_a_solver_checkpoint_of_a_given_vla_loads_and_is_assured_without_being_given_it(tmp_path, capsys):
+    """A run given a VLA object records its architecture, so load(), `cmdp eval` and `cmdp assure`
+    rebuild it from the file alone, with the cost shield when asked for."""
+    import json
+
+    from cmdp import cli
+    from cmdp.algorithms import load
+    from cmdp.envs.chores.env import ChoresEnv
+    from cmdp.isa.assure import make_policy
+
+    policy = policy_whose_model_says_moving_costs()
+    with torch.no_grad():
+        policy.action_head.net.bias[0] += 3.0  # unshielded, the policy would mostly move ahead
+    algo = PPO("SafetyChores-Fetch-v0", seed=0, run_dir=tmp_path / "run", policy=policy, num_envs=2,
+               steps_per_epoch=12, progress_bar=False, tensorboard=False, env_kwargs=ENV_KWARGS)  # fmt: skip
+    path = algo.save(tmp_path / "run" / "checkpoint.pt")
+    algo.close()
+    again = load(path, progress_bar=False, tensorboard=False)
+    assert isinstance(again.policy, VLAPolicy) and again.policy.config == policy.config
+    for (k, a), (_, b) in zip(policy.state_dict().items(), again.policy.state_dict().items()):
+        assert torch.equal(a, b), k
+    again.close()
+
+    shielded = make_policy(str(path), task="Fetch", shield_threshold=0.5)
+    try:
+        env = ChoresEnv("Fetch", num_envs=2, **ENV_KWARGS)
+        obs, _ = env.reset(seed=0)
+        start = np.ones(2, dtype=bool)
+        for _ in range(5):
+            actions = shielded.act(env, obs, start)
+            assert (np.asarray(actions) != 0).all()  # never the move the model calls costly
+            obs, *_ = env.step(actions)
+            start = np.zeros(2, dtype=bool)
+    finally:
+        shielded.close()
+
+    out = tmp_path / "report"
+    code = cli.main(["assure", str(tmp_path / "run"), "--episodes", "2", "--suites", "none", "--num-envs", "2",
+                     "--gifs", "0", "--shield-threshold", "0.5", "--out", str(out)])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads((out / "assurance.json").read_text())
+    assert report["settings"]["shield_threshold"] == 0.5 and "cost shield at 0.5" in report["source"]
+    code = cli.main(["eval", str(tmp_path / "run"), "--episodes", "2", "--shield-threshold", "0.5"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "cost shield at 0.5" in captured.out
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["settings"]["shield_threshold"] == 0.5
+
+    plain = PPO("SafetyChores-Fetch-v0", seed=0, run_dir=False, policy=tiny_policy(), num_envs=2, steps_per_epoch=12,
+                progress_bar=False, tensorboard=False, env_kwargs=ENV_KWARGS)  # fmt: skip
+    no_model = plain.save(tmp_path / "plain.pt")
+    plain.close()
+    with pytest.raises(ConfigError, match="needs a policy with a one-step cost model"):
+        make_policy(str(no_model), shield_threshold=0.5)

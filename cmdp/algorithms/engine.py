@@ -44,7 +44,7 @@ from cmdp.algorithms.functional import gae
 from cmdp.core.seeding import seeded_torch
 from cmdp.core.vector import VectorCMDP, obs_where
 from cmdp.errors import CheckpointError, ConfigError, NonFiniteError
-from cmdp.policies.base import ActorCritic, state_map
+from cmdp.policies.base import ActorCritic, policy_from_architecture, state_map
 from cmdp.policies.distributions import ActionDistribution, shield_mask, shielded
 from cmdp.policies.encoders import obs_to_tensor
 from cmdp.policies.mlp import MLPActorCritic
@@ -1130,6 +1130,8 @@ class OnPolicyAlgorithm:
             "run": run,
             "spaces": _space_signature(self.env),
             "policy": self.policy.state_dict(),
+            # a network given to the run (a VLA): load() rebuilds it from this without being given it
+            "architecture": self.policy.architecture(),
             "actor_optimizer": self.actor_optimizer.state_dict(),
             "critic_optimizer": self.critic_optimizer.state_dict(),
             "solver": ckpt.to_storable(self.solver_state()),
@@ -1165,8 +1167,10 @@ class OnPolicyAlgorithm:
     ) -> "OnPolicyAlgorithm":
         """Rebuild a solver from a checkpoint. ``env`` replaces the saved env id (it must have the
         same spaces and cost channels); ``policy`` is an untrained instance of the network the run
-        was given with ``policy=`` (the config only rebuilds built-in networks), its weights are
-        replaced by the saved ones; ``overrides`` change config values (e.g. progress_bar).
+        was given with ``policy=``, its weights are replaced by the saved ones. It is needed only
+        for a custom network: the config rebuilds the built-in ones, and a network that records
+        its :meth:`~cmdp.policies.base.ActorCritic.architecture` (the VLA policy) is rebuilt from
+        the file. ``overrides`` change config values (e.g. progress_bar, shield_threshold).
 
         ``env_kwargs=`` updates the saved env kwargs key by key. It must give again every env
         kwarg that held a Python object a checkpoint cannot store (a cost function; the file
@@ -1190,6 +1194,8 @@ class OnPolicyAlgorithm:
         config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
         config["env_kwargs"] = env_kwargs
         run_dir = data.get("run_dir")
+        if policy is None and data.get("architecture") is not None:  # absent before it was recorded
+            policy = policy_from_architecture(data["architecture"])
         algo = algo_cls(
             source, cost_limit=run["cost_limit"], seed=run["seed"], run_dir=run_dir or False, policy=policy, **config
         )

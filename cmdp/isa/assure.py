@@ -105,6 +105,13 @@ class AssureConfig(Config):
     deterministic: bool = option(
         False, "Solver and VLA policies take their most likely action instead of sampling one."
     )
+    shield_threshold: float = option(
+        0.0,
+        "Solver checkpoints named by path act under the engine's cost shield at this threshold (0: "
+        "none): they sample only among the actions their one-step cost model predicts to cost at "
+        "most this on the step.",
+        ge=0.0,
+    )
     gif_size: int = option(256, "Side of the top-down GIF frames in pixels.", ge=64, le=1024)
     gif_max_frames: int = option(240, "At most this many frames per GIF (longer episodes skip frames evenly).", ge=2)
     progress: bool = option(True, "Print progress lines to stderr.")
@@ -287,16 +294,27 @@ def _task_of(env_id: Any) -> str | None:
     return None
 
 
-def make_policy(spec: str | Policy, *, deterministic: bool = False, task: str | None = None) -> Policy:
+def make_policy(
+    spec: str | Policy, *, deterministic: bool = False, task: str | None = None, shield_threshold: float = 0.0
+) -> Policy:
     """A :class:`Policy` from ``"expert"``, ``"safe-expert"``, ``"random"``, a run directory
     (holding ``checkpoint.pt`` or ``vla.pt``), a solver checkpoint file or a pretrained VLA file.
 
     ``task``: when given, a solver checkpoint must have been trained on that Safety-CHORES task.
+    ``shield_threshold`` > 0 loads a solver checkpoint with the engine's cost shield on (its
+    policy needs a one-step cost model); any other policy is refused, not run unshielded.
     A policy object is returned as it is."""
     if not isinstance(spec, str):
         if not isinstance(spec, Policy):
             raise ConfigError(f"a policy needs name, env_kwargs, reset() and act(); got {type(spec).__name__}")
+        if shield_threshold > 0:
+            raise ConfigError(
+                "shield_threshold applies to solver checkpoints named by path; a solver object gets it with "
+                "load(path, shield_threshold=...)"
+            )
         return spec
+    if shield_threshold > 0 and spec in BUILTIN_POLICIES:
+        raise ConfigError(f"shield_threshold applies to solver checkpoints; {spec!r} has no cost model to shield with")
     if spec == "expert":
         return ExpertPolicy(safe=False)
     if spec == "safe-expert":
@@ -315,14 +333,21 @@ def make_policy(spec: str | Policy, *, deterministic: bool = False, task: str | 
     if _file_format(checkpoint) == "cmdp-vla":
         from cmdp.policies.vla import VLAPolicy
 
+        if shield_threshold > 0:
+            raise ConfigError(
+                f"shield_threshold applies to solver checkpoints; {checkpoint} is a pretrained VLA file "
+                "(fine-tune it, or assure its solver run)"
+            )
+
         vla = VLAPolicyAdapter(VLAPolicy.from_pretrained(checkpoint), name or "vla", deterministic)
         vla.source = f"VLA {checkpoint}"
         return vla
     from cmdp.algorithms import load
 
-    algo = load(checkpoint, progress_bar=False, tensorboard=False)
+    shield = {"shield_threshold": shield_threshold} if shield_threshold > 0 else {}
+    algo = load(checkpoint, progress_bar=False, tensorboard=False, **shield)
     policy = AlgorithmPolicy(algo, name or algo.name, deterministic)
-    policy.source = f"{algo.name} checkpoint {checkpoint}"
+    policy.source = f"{algo.name} checkpoint {checkpoint}" + (f", cost shield at {shield_threshold:g}" if shield else "")
     if policy.task is None:
         policy.close()
         raise ConfigError(f"{checkpoint} was trained on {algo.env_id!r}, not a Safety-CHORES task")
@@ -870,7 +895,8 @@ def assure(
         deterministic: solver and VLA policies take their most likely action.
         eval_episodes: episode specs to use instead of the task's evaluation set.
         progress: print progress lines to stderr.
-        report_options: other :class:`AssureConfig` fields (``gif_size``, ``gif_max_frames``).
+        report_options: other :class:`AssureConfig` fields (``shield_threshold``, ``gif_size``,
+            ``gif_max_frames``).
     """
     config = AssureConfig(
         task=task, suites=parse_suites(suites), episodes=episodes, suite_episodes=suite_episodes, seed=seed,
@@ -900,7 +926,9 @@ def _named_policies(policies: Mapping[str, Policy | str] | Sequence[Policy | str
     named: dict[str, Policy] = {}
     try:
         for key, spec in items:
-            policy = make_policy(spec, deterministic=config.deterministic, task=config.task)
+            policy = make_policy(
+                spec, deterministic=config.deterministic, task=config.task, shield_threshold=config.shield_threshold
+            )
             name = str(key) if key is not None else policy.name
             base, k = name, 2
             while name in named:

@@ -52,6 +52,12 @@ class ActorCritic(nn.Module):
         """Whether :meth:`evaluate` fills ``PolicyOutput.step_cost``."""
         return False
 
+    def architecture(self) -> dict[str, Any] | None:
+        """What a checkpoint needs to rebuild this network without being given it again
+        (:func:`policy_from_architecture`), or None: the solver's config rebuilds the built-in
+        networks, and a custom network is passed to ``load(..., policy=...)``."""
+        return None
+
     def initial_state(self, batch_size: int) -> State:
         return None
 
@@ -92,3 +98,16 @@ def state_map(fn, state: State) -> State:
     if isinstance(state, Mapping):
         return {k: state_map(fn, v) for k, v in state.items()}
     return type(state)(state_map(fn, s) for s in state)
+
+
+def policy_from_architecture(architecture: Mapping[str, Any]) -> ActorCritic:
+    """An untrained network as :meth:`ActorCritic.architecture` described it (the weights are
+    loaded afterwards)."""
+    from cmdp.errors import CheckpointError
+
+    kind = architecture.get("kind") if isinstance(architecture, Mapping) else None
+    if kind == "vla":
+        from cmdp.policies.vla import VLAPolicy
+
+        return VLAPolicy.from_architecture(architecture)
+    raise CheckpointError(f"the checkpoint describes a policy network of unknown kind {kind!r}")

@@ -597,6 +597,22 @@ class VLAPolicy(ActorCritic):
 
     # ---- pretrained files -------------------------------------------------------------------
 
+    def architecture(self) -> dict[str, Any]:
+        return {"kind": "vla", "config": self.config.to_dict(), "io": dict(self.io)}
+
+    @classmethod
+    def from_architecture(cls, architecture: Mapping[str, Any], **overrides: Any) -> "VLAPolicy":
+        """An untrained policy with the config and dimensions :meth:`architecture` recorded (a
+        solver checkpoint, a pretrained file); ``overrides`` change config fields."""
+        cfg = _stored_config(architecture["config"], "the recorded VLA architecture")
+        try:
+            cfg = replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+        except TypeError as e:
+            names = sorted(VLAConfig.__dataclass_fields__)
+            raise ConfigError(f"unknown VLAConfig override in {sorted(overrides)}; allowed: {names}") from e
+        obs_space, act_space = spaces_from_signature(architecture["io"])
+        return cls(obs_space, act_space, architecture["io"]["num_costs"], cfg)
+
     def save_pretrained(self, path: str | Path) -> Path:
         """Write config, dimensions and weights to ``path`` (a ``.pt`` file, or a directory that
         gets ``vla.pt``), atomically. Returns the file written."""
@@ -626,17 +642,9 @@ class VLAPolicy(ActorCritic):
         """
         path = _pretrained_file(path, for_writing=False)
         data = _read_pretrained(path)
-        try:
-            saved_cfg = VLAConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["config"].items()})
-        except (TypeError, ConfigError) as e:
-            raise CheckpointError(f"{path}: the stored VLA config is not valid here: {e}") from e
-        try:
-            cfg = replace(saved_cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
-        except TypeError as e:
-            names = sorted(VLAConfig.__dataclass_fields__)
-            raise ConfigError(f"unknown VLAConfig override in {sorted(overrides)}; allowed: {names}") from e
-        obs_space, act_space = spaces_from_signature(data["io"])
-        policy = cls(obs_space, act_space, data["io"]["num_costs"], cfg)
+        saved_cfg = _stored_config(data["config"], path)
+        policy = cls.from_architecture(data, **overrides)
+        cfg = policy.config
         weights = dict(data["state_dict"])
         if cfg.separate_critic and not saved_cfg.separate_critic:
             actor = {k[len("trunk.") :]: v for k, v in weights.items() if k.startswith("trunk.")}
@@ -649,6 +657,14 @@ class VLAPolicy(ActorCritic):
             weights = {k: v for k, v in weights.items() if not k.startswith("step_cost_head.")}
         load_strict(policy, weights, path)
         return policy
+
+
+def _stored_config(stored: Mapping[str, Any], source: Any) -> VLAConfig:
+    """The VLAConfig of a file (lists read back as the tuples they were)."""
+    try:
+        return VLAConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
+    except (TypeError, ConfigError) as e:
+        raise CheckpointError(f"{source}: the stored VLA config is not valid here: {e}") from e
 
 
 def load_strict(module: nn.Module, weights: Mapping[str, Tensor], source: Any) -> None:
