@@ -1196,6 +1196,7 @@ class OnPolicyAlgorithm:
         run_dir = data.get("run_dir")
         if policy is None and data.get("architecture") is not None:  # absent before it was recorded
             policy = policy_from_architecture(data["architecture"])
+        rebuilt_from_config = policy is None
         algo = algo_cls(
             source, cost_limit=run["cost_limit"], seed=run["seed"], run_dir=run_dir or False, policy=policy, **config
         )
@@ -1209,7 +1210,13 @@ class OnPolicyAlgorithm:
                     raise CheckpointError(f"{path} was trained without anchor_kl: it holds no anchor policy to resume against")
                 algo.anchor.load_state_dict(data["anchor"])
         except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{path}: the saved networks do not fit this policy: {e}") from e
+            hint = (
+                " (the run may have been given its network as an object, and this checkpoint predates the "
+                "recorded architecture: pass an untrained instance with load(path, policy=...))"
+                if rebuilt_from_config
+                else ""
+            )
+            raise CheckpointError(f"{path}: the saved networks do not fit this policy{hint}: {e}") from e
         algo.load_solver_state(ckpt.from_storable(data["solver"]))
         algo.global_step = int(data["counters"]["global_step"])
         algo.epoch = int(data["counters"]["epoch"])
