@@ -187,8 +187,8 @@ def elicit_scenarios(
     Returns :class:`cmdp.envs.chores.elicit.ElicitResult`; its ``specs`` are the elicited
     episodes for :func:`constrain`. Deterministic in ``seed``: the policy's sampled actions are
     drawn from torch's generator seeded with it (and restored afterwards), as in the assurance."""
-    from cmdp.envs.chores.elicit import elicit
     from cmdp.core.seeding import seeded_torch
+    from cmdp.envs.chores.elicit import elicit
 
     env_kwargs = cmdp.env_kwargs()
     env_kwargs.pop("obs_mode")
