@@ -526,3 +526,25 @@ def test_a_solver_checkpoint_of_a_given_vla_loads_and_is_assured_without_being_g
     plain.close()
     with pytest.raises(ConfigError, match="needs a policy with a one-step cost model"):
         make_policy(str(no_model), shield_threshold=0.5)
+
+
+def test_training_gradients_are_the_same_on_every_run_with_two_threads():
+    """The step encoder gathers each distinct instruction's features for its rows; the backward
+    of that gather must not depend on how two torch threads interleave (it did with text[which]:
+    17 different gradients in 20 runs of one batch)."""
+    torch.set_num_threads(2)  # the autouse fixture puts back the thread count
+    torch.manual_seed(0)
+    policy = tiny_policy(text_dim=32, context=16)
+    obs = random_obs(16, 128)
+    instructions = torch.randint(1, text.VOCAB_SIZE, (3, text.MAX_TOKENS))
+    obs["instruction"] = instructions[torch.randint(0, 3, (16, 128))]
+    batch = {"obs": obs, "episode_start": torch.zeros(16, 128, dtype=torch.bool), "state": None, "mask": None}
+    grads = []
+    for _ in range(12):
+        policy.zero_grad()
+        out = policy.evaluate(batch)
+        (out.dist.logits.square().mean() + out.value.square().mean()).backward()
+        grads.append([p.grad.clone() for p in policy.trunk.encoder.text.parameters() if p.grad is not None])
+    assert grads[0], "the instruction encoder got no gradient"
+    for other in grads[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(grads[0], other))

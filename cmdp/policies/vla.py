@@ -295,9 +295,11 @@ class _StepEncoder(nn.Module):
         self.time = nn.Linear(2 * (d // 2), d)
 
     def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
-        # a batch holds few distinct instructions (one per episode): encode each once
+        # a batch holds few distinct instructions (one per episode): encode each once. index_select,
+        # not text[which]: the backward of advanced indexing accumulates the repeated rows in an
+        # order that varies between runs with two or more torch threads; index_select's does not
         instructions, which = torch.unique(obs["instruction"], dim=0, return_inverse=True)
-        text = self.text(instructions)[which]
+        text = self.text(instructions).index_select(0, which.reshape(-1))
         nav = self.cameras(obs["rgb_nav"], text, 0)
         manip = self.cameras(obs["rgb_manip"], text, 1)
         t = obs["time_step"].reshape(-1)
