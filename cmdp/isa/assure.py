@@ -338,7 +338,6 @@ def make_policy(
                 f"shield_threshold applies to solver checkpoints; {checkpoint} is a pretrained VLA file "
                 "(fine-tune it, or assure its solver run)"
             )
-
         vla = VLAPolicyAdapter(VLAPolicy.from_pretrained(checkpoint), name or "vla", deterministic)
         vla.source = f"VLA {checkpoint}"
         return vla
