@@ -400,8 +400,9 @@ def _learn_and_report(algo: Any, cls: type, total_steps: int, eval_episodes: int
     ),
     arg(
         "--shield-threshold", type=float, default=0.0, metavar="T",
-        help="act under the cost shield: only actions whose predicted one-step cost is at most T (default 0: "
-        "no shield; the policy needs a one-step cost model)",
+        help="act under the cost shield: only actions whose predicted one-step cost is at most T (the policy "
+        "needs a one-step cost model; default 0: as the checkpoint was trained, which is no shield unless it "
+        "trained under one)",
     ),  # fmt: skip
 )
 def eval_command(args: argparse.Namespace) -> int:
@@ -411,21 +412,23 @@ def eval_command(args: argparse.Namespace) -> int:
     if args.shield_threshold < 0:
         raise ConfigError(f"--shield-threshold must be >= 0 (0: no shield), got {args.shield_threshold}")
     run_dir, checkpoint = _locate_checkpoint(args.run_dir)
+    # 0 keeps the checkpoint's own setting (a run trained under the shield acts under it)
     shield = {"shield_threshold": args.shield_threshold} if args.shield_threshold > 0 else {}
     algo, cls = _load_algorithm(run_dir, checkpoint, **shield)
+    shield_used = getattr(algo.config, "shield_threshold", 0.0)  # what the evaluation acted under
     try:
         result = algo.evaluate(episodes=args.episodes, seed=args.seed, deterministic=args.deterministic)
     finally:
         _close(algo)
     out = _write_eval(
         run_dir, result, checkpoint=checkpoint, seed=args.seed, deterministic=args.deterministic,
-        shield_threshold=args.shield_threshold,
+        shield_threshold=shield_used,
     )  # fmt: skip
     print(
         format_result(
             result,
             title=f"{_algo_name(algo, cls)} on {_env_name(algo)}"
-            + (f", cost shield at {args.shield_threshold:g}" if shield else ""),
+            + (f", cost shield at {shield_used:g}" if shield_used > 0 else ""),
             cost_names=_cost_names(algo),
             run_dir=run_dir,
             episodes=args.episodes,
@@ -768,7 +771,8 @@ def benchmark_command(args: argparse.Namespace) -> int:
     arg(
         "--shield-threshold", type=float, default=0.0, metavar="T",
         help="solver checkpoints act under their cost shield: only actions whose predicted one-step cost is at "
-        "most T (default 0: no shield; the policy needs a one-step cost model)",
+        "most T (they need a one-step cost model; default 0: as each was trained, which is no shield unless it "
+        "trained under one)",
     ),  # fmt: skip
 )
 def assure_command(args: argparse.Namespace) -> int:

@@ -107,9 +107,9 @@ class AssureConfig(Config):
     )
     shield_threshold: float = option(
         0.0,
-        "Solver checkpoints named by path act under the engine's cost shield at this threshold (0: "
-        "none): they sample only among the actions their one-step cost model predicts to cost at "
-        "most this on the step.",
+        "Solver checkpoints named by path act under the engine's cost shield at this threshold: they "
+        "sample only among the actions their one-step cost model predicts to cost at most this on the "
+        "step (0: as each was trained, which is no shield unless it trained under one).",
         ge=0.0,
     )
     gif_size: int = option(256, "Side of the top-down GIF frames in pixels.", ge=64, le=1024)
@@ -343,10 +343,11 @@ def make_policy(
         return vla
     from cmdp.algorithms import load
 
-    shield = {"shield_threshold": shield_threshold} if shield_threshold > 0 else {}
+    shield = {"shield_threshold": shield_threshold} if shield_threshold > 0 else {}  # 0: the checkpoint's own
     algo = load(checkpoint, progress_bar=False, tensorboard=False, **shield)
     policy = AlgorithmPolicy(algo, name or algo.name, deterministic)
-    policy.source = f"{algo.name} checkpoint {checkpoint}" + (f", cost shield at {shield_threshold:g}" if shield else "")
+    shield_used = algo.config.shield_threshold
+    policy.source = f"{algo.name} checkpoint {checkpoint}" + (f", cost shield at {shield_used:g}" if shield_used > 0 else "")
     if policy.task is None:
         policy.close()
         raise ConfigError(f"{checkpoint} was trained on {algo.env_id!r}, not a Safety-CHORES task")
