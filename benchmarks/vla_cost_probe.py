@@ -1,6 +1,7 @@
 """Where a VLA policy's cost comes from, and whether its own features foresee it.
 
     python benchmarks/vla_cost_probe.py [--policy examples/assets/il_fetch/vla.pt] [--steps 32000] [--out BENCHMARKS.md]
+    python benchmarks/vla_cost_probe.py --policy runs/vla_shield/seed0/ppo [--start examples/assets/il_fetch/vla.pt]
 
 The policy acts (sampled actions, one torch thread) on ``SafetyChores-Fetch-v0`` training
 episodes for ``--steps`` env steps in 8 envs. Every step records the transformer's output (the
@@ -19,6 +20,14 @@ A high AUC says the features already tell risky moves from safe ones, so a fine-
 struggles to avoid them struggles with credit assignment, not perception: the motivation of
 the engine's ``step_cost_coef`` term. With ``--out`` the tables go into that Markdown file
 under the ``vla_cost_probe`` markers.
+
+``--policy`` may also be a solver's run directory (or its ``checkpoint.pt``). When that policy
+has a one-step cost model (``VLAConfig(step_cost_model=True)``, as ``benchmarks/vla_shield.py``
+fine-tunes), the foresight table gains the AUC of the model's own prediction for a move on the
+same held-out moves: whether the model, fitted online by squared error to the taken actions'
+costs, ranks risky moves as well as a logistic probe fitted offline to its features. A checkpoint
+written before checkpoints recorded their architecture needs ``--start``, the VLA it was
+fine-tuned from (given a one-step cost model, as ``benchmarks/vla_shield.py`` does).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import torch
 
 import cmdp
 from report import machine_line, publish  # benchmarks/report.py, beside this script
+from cmdp.algorithms import load
 from cmdp.envs.chores.catalog import ACTION_INDEX, ACTIONS
 from cmdp.envs.chores.costs import COST_NAMES
 from cmdp.policies.encoders import obs_to_tensor
@@ -41,14 +51,16 @@ ROOT = Path(__file__).resolve().parents[1]
 NUM_ENVS = 8
 
 
-def collect(policy: VLAPolicy, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Features ``[T, N, d]``, actions ``[T, N]``, costs ``[T, N, K]`` and episode starts ``[T, N]``."""
+def collect(policy: VLAPolicy, steps: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Features ``[T, N, d]``, actions ``[T, N]``, costs ``[T, N, K]``, episode starts ``[T, N]``
+    and the one-step cost model's prediction for the taken action ``[T, N, K]`` (``None``
+    without one)."""
     env = cmdp.make("SafetyChores-Fetch-v0", num_envs=NUM_ENVS, seed=seed, **policy.env_kwargs)
     captured: dict[str, torch.Tensor] = {}
     hook = policy.trunk.norm.register_forward_hook(lambda m, i, o: captured.__setitem__("features", o.detach()))
     obs, _ = env.reset(seed=seed)
     state, start = None, np.ones(NUM_ENVS, dtype=bool)
-    feats, actions, costs, starts = [], [], [], []
+    feats, actions, costs, starts, predicted = [], [], [], [], []
     try:
         for _ in range(steps // NUM_ENVS):
             with torch.no_grad():
@@ -56,6 +68,9 @@ def collect(policy: VLAPolicy, steps: int, seed: int) -> tuple[np.ndarray, np.nd
                 action = out.dist.sample()
             state = out.state
             feats.append(captured["features"][:, 0].numpy().copy())
+            if out.step_cost is not None:  # [N, 1, A, K] or [N, A, K]: the taken action's row
+                per_action = out.step_cost.reshape(NUM_ENVS, -1, policy.num_costs)
+                predicted.append(per_action[torch.arange(NUM_ENVS), action.reshape(-1)].numpy().copy())
             starts.append(start)
             obs, _, cost, term, trunc, _ = env.step(policy.to_env_action(action))
             actions.append(action.numpy().reshape(-1))
@@ -64,7 +79,19 @@ def collect(policy: VLAPolicy, steps: int, seed: int) -> tuple[np.ndarray, np.nd
     finally:
         hook.remove()
         env.close()
-    return np.stack(feats), np.stack(actions), np.stack(costs), np.stack(starts)
+    return np.stack(feats), np.stack(actions), np.stack(costs), np.stack(starts), (np.stack(predicted) if predicted else None)
+
+
+def read_policy(path: Path, start: Path | None) -> VLAPolicy:
+    """A pretrained VLA file, or the policy of a solver's run directory / checkpoint."""
+    if path.is_dir() or path.name == "checkpoint.pt":
+        if start is None:
+            return load(path).policy
+        # a checkpoint from before the architecture record: fill the network it started from
+        return load(path, policy=VLAPolicy.from_pretrained(start, step_cost_model=True)).policy
+    if start is not None:
+        raise SystemExit("--start is for a solver's checkpoint; a VLA file holds its own architecture")
+    return VLAPolicy.from_pretrained(path)
 
 
 def roc_auc(score: np.ndarray, label: np.ndarray) -> float:
@@ -108,18 +135,37 @@ def probe_scores(train_x, train_y, test_x) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--policy", type=Path, default=ROOT / "examples" / "assets" / "il_fetch" / "vla.pt")
+    parser.add_argument(
+        "--policy", type=Path, default=ROOT / "examples" / "assets" / "il_fetch" / "vla.pt",
+        help="a pretrained VLA file, or a solver's run directory / checkpoint.pt",
+    )
+    parser.add_argument(
+        "--start", type=Path, default=None,
+        help="for a checkpoint without an architecture record: the VLA file it was fine-tuned from",
+    )  # fmt: skip
     parser.add_argument("--steps", type=int, default=32_000)
     parser.add_argument("--seed", type=int, default=123)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--section", default="vla_cost_probe", help="the BENCHMARKS.md section --out writes")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
-    policy = VLAPolicy.from_pretrained(args.policy).eval()
+    policy = read_policy(args.policy, args.start).eval()
     t0 = time.perf_counter()
-    feats, actions, costs, starts = collect(policy, args.steps, args.seed)
+    feats, actions, costs, starts, predicted = collect(policy, args.steps, args.seed)
     seconds = time.perf_counter() - t0
     total = costs.sum()
+
+    def shown(path: Path) -> Path:
+        path = path.resolve()
+        return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+    command = " ".join(
+        ([f"--policy {shown(args.policy)}"] if args.policy.resolve() != parser.get_default("policy") else [])
+        + ([f"--start {shown(args.start)}"] if args.start is not None else [])
+        + [f"--steps {args.steps}"]
+        + ([f"--section {args.section}"] if args.section != "vla_cost_probe" else [])
+    )
 
     rows = ["| action | share of cost | share of steps | cost per step |", "|---|---:|---:|---:|"]
     per_action = np.array([costs[actions == a].sum() for a in range(len(ACTIONS))])
@@ -143,15 +189,18 @@ def main() -> None:
     x = feats.reshape(-1, feats.shape[-1])[move].astype(np.float64)
     c = costs.reshape(-1, costs.shape[-1])[move]
     cut = int(0.7 * len(x))
+    # the fine-tune's own one-step cost model, scored on the same held-out moves
+    own = None if predicted is None else predicted.reshape(-1, predicted.shape[-1])[move][cut:].clip(min=0)
     probe = [
-        "| cost on a move | held-out moves with it | ROC AUC | riskiest 5% | 10% | 20% | 30% |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| cost on a move | held-out moves with it | ROC AUC | riskiest 5% | 10% | 20% | 30% |"
+        + ("" if own is None else " cost model's ROC AUC |"),
+        "|---|---:|---:|---:|---:|---:|---:|" + ("" if own is None else "---:|"),
     ]
     for k, name in [*enumerate(COST_NAMES), (None, "any channel")]:
         y = (c.sum(1) if k is None else c[:, k]) > 0
         amount = c.sum(1) if k is None else c[:, k]
         if y[:cut].sum() < 10 or y[cut:].sum() < 5:
-            probe.append(f"| {name} | {int(y[cut:].sum())} | too few | | | | |")
+            probe.append(f"| {name} | {int(y[cut:].sum())} | too few | | | | |" + ("" if own is None else " |"))
             continue
         score = probe_scores(x[:cut], y[:cut], x[cut:])
         order = np.argsort(-score)
@@ -161,17 +210,22 @@ def main() -> None:
             f"| {name} | {int(y[cut:].sum())} ({y[cut:].mean():.1%}) | {roc_auc(score, y[cut:]):.3f} | "
             + " | ".join(f"{s:.0%}" for s in shares)
             + " |"
+            + ("" if own is None else f" {roc_auc(own.sum(1) if k is None else own[:, k], y[cut:]):.3f} |")
         )
 
     text = "\n".join([
         machine_line(1),
         "",
-        f"Command: `python benchmarks/vla_cost_probe.py --steps {args.steps}`. Policy `{args.policy.relative_to(ROOT) if args.policy.is_relative_to(ROOT) else args.policy}`, "
+        f"Command: `python benchmarks/vla_cost_probe.py {command}`. Policy `{shown(args.policy)}`, "
         f"sampled actions on SafetyChores-Fetch-v0 training episodes, {NUM_ENVS} envs, {actions.size:,} steps "
         f"({seconds:.0f} s); moves ahead: {int(move.sum()):,}, carrying {c.sum() / total:.0%} of all cost. The probe is "
         f"a logistic regression of the frozen transformer output ({feats.shape[-1]} features), fitted on the first 70% "
         "of the moves and scored on the rest; 'riskiest x%': the share of the held-out moves' cost on that channel "
-        "carried by the x% of moves the probe ranks riskiest.",
+        "carried by the x% of moves the probe ranks riskiest."
+        + (
+            "" if own is None else " 'cost model's ROC AUC': the policy's own one-step cost model, its prediction "
+            "for the move (summed over the channels for 'any channel') scored on the same held-out moves."
+        ),
         "",
         *rows,
         "",
@@ -179,7 +233,8 @@ def main() -> None:
         "",
         *probe,
     ])  # fmt: skip
-    publish(text, args.out, "vla_cost_probe", "Where the VLA's cost comes from, and whether its features foresee it")
+    title = "Where the VLA's cost comes from, and whether its features foresee it"
+    publish(text, args.out, args.section, title if args.section == "vla_cost_probe" else f"{title} ({args.section})")
 
 
 if __name__ == "__main__":
