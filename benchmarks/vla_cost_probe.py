@@ -157,11 +157,11 @@ def main() -> None:
     total = costs.sum()
 
     def shown(path: Path) -> Path:
-        path = path.resolve()
+        path = path.absolute()  # not resolve(): a run directory may be a link, show the name given
         return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
     command = " ".join(
-        ([f"--policy {shown(args.policy)}"] if args.policy.resolve() != parser.get_default("policy") else [])
+        ([f"--policy {shown(args.policy)}"] if args.policy.absolute() != parser.get_default("policy") else [])
         + ([f"--start {shown(args.start)}"] if args.start is not None else [])
         + [f"--steps {args.steps}"]
         + ([f"--section {args.section}"] if args.section != "vla_cost_probe" else [])
