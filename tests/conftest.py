@@ -1,6 +1,12 @@
-"""Shared test fixtures: a tiny CMDP with a known constrained optimum."""
+"""Shared test fixtures: a tiny CMDP with a known constrained optimum, and the benchmark scripts
+loaded as modules."""
 
 from __future__ import annotations
+
+import contextlib
+import importlib.util
+import sys
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -70,3 +76,28 @@ class CornerBandit(VectorCMDP):
 @pytest.fixture
 def bandit():
     return CornerBandit
+
+
+BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@contextlib.contextmanager
+def _benchmark_module(name: str):
+    """``benchmarks/<name>.py`` as a module, with its directory on the path for its ``report``
+    import and the module registered by name (dataclasses look their module up in sys.modules)."""
+    sys.path.insert(0, str(BENCHMARKS_DIR))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(name, None)
+        sys.path.remove(str(BENCHMARKS_DIR))
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """Load a benchmark script for a test module: ``with benchmark_script("name") as module``."""
+    return _benchmark_module

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "chores_camera_pitch.py"
-
 
 @pytest.fixture(scope="module")
-def pitch():
-    sys.path.insert(0, str(SCRIPT.parent))  # its `report` import
-    spec = importlib.util.spec_from_file_location("chores_camera_pitch", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    sys.path.remove(str(SCRIPT.parent))
+def pitch(benchmark_script):
+    with benchmark_script("chores_camera_pitch") as module:
+        yield module
 
 
 def test_the_pitch_moves_only_the_blind_spot_cost_of_a_path_planned_from_the_true_state(pitch):

@@ -5,23 +5,15 @@ The training itself needs the peer env (omnisafe, safety-gymnasium); these parts
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "omnisafe_side_by_side.py"
-
 
 @pytest.fixture(scope="module")
-def sbs():
-    spec = importlib.util.spec_from_file_location("omnisafe_side_by_side", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def sbs(benchmark_script):
+    with benchmark_script("omnisafe_side_by_side") as module:
+        yield module
 
 
 def _run(steps_per_s, cpu, ret, cost, det_ret=0.0, det_cost=0.0):
@@ -79,7 +71,6 @@ def test_verdict_judges_the_targets_on_the_seed_means(sbs):
 
 
 def test_training_tail_averages_the_last_tenth_of_both_libraries_curves(sbs, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # build_table imports benchmarks/report.py
     monkeypatch.setattr(sbs, "versions", lambda: "the peer env's")  # omnisafe is not installed here
     settings = sbs.Settings(steps=10, steps_per_epoch=10, num_envs=1, cost_limit=25.0, seed=0, eval_episodes=3)
     # OmniSafe's curve is read from its own progress.csv: 20 epochs, the last two average 11 / 22

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from test_vla import tiny_policy
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "vla_cost_probe.py"
-
 
 @pytest.fixture(scope="module")
-def probe():
-    sys.path.insert(0, str(SCRIPT.parent))  # its `report` import
-    spec = importlib.util.spec_from_file_location("vla_cost_probe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    sys.path.remove(str(SCRIPT.parent))
+def probe(benchmark_script):
+    with benchmark_script("vla_cost_probe") as module:
+        yield module
 
 
 def test_roc_auc_is_the_share_of_positive_negative_pairs_ranked_right_with_ties_half(probe):
