@@ -164,6 +164,7 @@ def main() -> None:
         ([f"--policy {shown(args.policy)}"] if args.policy.absolute() != parser.get_default("policy") else [])
         + ([f"--start {shown(args.start)}"] if args.start is not None else [])
         + [f"--steps {args.steps}"]
+        + ([f"--seed {args.seed}"] if args.seed != parser.get_default("seed") else [])
         + ([f"--section {args.section}"] if args.section != "vla_cost_probe" else [])
     )
 
