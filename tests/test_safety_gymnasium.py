@@ -168,26 +168,40 @@ def _play_side_by_side(env_id, episodes, move_goal_at=None, steps_per_episode=10
 
     compiling, keeping = safety_gymnasium.make(env_id), safety_gymnasium.make(env_id)
     assert reuse_compiled_world(keeping)
+    steps, _ = _play_the_same_episodes(compiling, keeping, episodes, steps_per_episode, move_goal_at)
+    return keeping.unwrapped.world_model_reuse, steps
+
+
+def _play_the_same_episodes(reference, candidate, episodes, steps_per_episode, move_goal_at, seek_hazards=False):
+    """Episodes of two envs on the same seeds and actions, compared bit for bit at every step
+    (observation bytes and dtype, reward, cost and its type, episode ends, the info's cost terms);
+    returns the number of steps, and of steps with a cost."""
     rng = np.random.default_rng(1)
-    steps = 0
+    steps = costly = 0
     for episode in range(episodes):
-        obs_a, _ = compiling.reset(seed=100 + episode)
-        obs_b, _ = keeping.reset(seed=100 + episode)
-        assert np.array_equal(obs_a, obs_b)
+        obs_a, _ = reference.reset(seed=100 + episode)
+        obs_b, _ = candidate.reset(seed=100 + episode)
+        assert obs_a.dtype == obs_b.dtype and obs_a.tobytes() == obs_b.tobytes()
         for t in range(steps_per_episode):
             if t == move_goal_at:
                 # what reaching the goal does: the task draws a new goal and writes it into the
                 # model's body_pos, which the next reset must undo
-                for env in (compiling, keeping):
+                for env in (reference, candidate):
                     env.unwrapped.task.update_world()
-            action = rng.uniform(-1, 1, compiling.action_space.shape)
-            a, b = compiling.step(action), keeping.step(action)
+            action = rng.uniform(-1, 1, reference.action_space.shape)
+            if seek_hazards and t % 200 < 100:  # random actions alone seldom enter a hazard
+                task = reference.unwrapped.task
+                ahead = task._ego_xy(task.hazards.pos[episode % len(task.hazards.pos)][:2])
+                action = np.clip([ahead[0], 3 * ahead[1]], -1, 1)
+            a, b = reference.step(action), candidate.step(action)
             steps += 1
-            assert np.array_equal(a[0], b[0]), (episode, t)
-            assert a[1:5] == b[1:5], (episode, t)
+            costly += a[2] > 0
+            assert a[0].dtype == b[0].dtype and a[0].tobytes() == b[0].tobytes(), (episode, t)
+            assert a[1:5] == b[1:5] and type(a[2]) is type(b[2]), (episode, t)
+            assert a[5] == b[5], (episode, t)
             if a[3] or a[4]:
                 break
-    return keeping.unwrapped.world_model_reuse, steps
+    return steps, costly
 
 
 @needs_safety_gymnasium
@@ -272,3 +286,93 @@ def test_only_envs_that_cannot_render_keep_their_world_and_make_can_turn_it_off(
         cmdp.make("SafetyPointGoal1-v0", recompile_world="no")
     kept.close()
     compiled.close()
+
+
+# ---- the vectorised observation and hazard cost (cmdp.core.safety_gymnasium_vectorised) ------
+
+
+def _play_vectorised_beside_plain(env_id, episodes, steps_per_episode=1000, move_goal_at=None, seek_hazards=False):
+    """Episodes of a plain env and of a vectorised one (both keeping their compiled world),
+    compared bit for bit; returns the vectorised task's record and the number of steps with a cost."""
+    from cmdp.core.safety_gymnasium_vectorised import vectorise_task
+    from cmdp.core.safety_gymnasium_worlds import reuse_compiled_world
+
+    plain, vectorised = safety_gymnasium.make(env_id), safety_gymnasium.make(env_id)
+    for env in (plain, vectorised):
+        reuse_compiled_world(env)
+    assert vectorise_task(vectorised)
+    _, costly = _play_the_same_episodes(plain, vectorised, episodes, steps_per_episode, move_goal_at, seek_hazards)
+    return vectorised.unwrapped.task.vectorised, costly
+
+
+@needs_safety_gymnasium
+@pytest.mark.parametrize(("env_id", "seek_hazards"), [("SafetyPointGoal1-v0", True), ("SafetyCarGoal2-v0", False)])
+def test_a_vectorised_task_plays_the_same_episodes_bit_for_bit(monkeypatch, env_id, seek_hazards):
+    from cmdp.core import safety_gymnasium_vectorised
+
+    # most steps after the verification, where only the vectorised code runs
+    monkeypatch.setattr(safety_gymnasium_vectorised, "VERIFIED_STEPS", 100)
+    record, costly = _play_vectorised_beside_plain(env_id, episodes=2, move_goal_at=300, seek_hazards=seek_hazards)
+    assert record.enabled and record.observes and len(record.hazards) == 1
+    assert record.verified_observations == 100 and record.verified_costs == 100
+    assert costly > 20  # hazards were entered, so the cost's sum ran on nonzero terms
+
+
+@needs_safety_gymnasium
+@pytest.mark.parametrize("max_dist", [3.0, None])
+def test_pseudo_lidar_equals_safety_gymnasiums_own_on_scattered_objects(max_dist):
+    from cmdp.core.safety_gymnasium_vectorised import egocentric_xy, pseudo_lidar
+
+    env = safety_gymnasium.make("SafetyPointGoal1-v0")
+    task = env.unwrapped.task
+    task.lidar_conf.max_dist = max_dist  # None: the exponential reading
+    rng = np.random.default_rng(3)
+    env.reset(seed=0)
+    for _ in range(50):
+        env.step(rng.uniform(-1, 1, 2))  # the agent turned and moved: a general rotation
+        # objects near and far, several in one bin, some beyond max_dist
+        positions = np.concatenate([rng.uniform(-4, 4, (12, 3)), task.agent.pos + rng.normal(0, 0.02, (4, 3))])
+        ego = egocentric_xy(positions, task.agent.pos, task.agent.mat)
+        ours = pseudo_lidar(ego, task.lidar_conf.num_bins, max_dist, task.lidar_conf.exp_gain, task.lidar_conf.alias)
+        theirs = task._obs_lidar_pseudo(positions)
+        assert ours.tobytes() == theirs.tobytes()
+        grouped = pseudo_lidar(ego, 16, max_dist, task.lidar_conf.exp_gain, True, np.repeat([0, 1], 8), 2)
+        assert grouped[0].tobytes() == task._obs_lidar_pseudo(positions[:8]).tobytes()
+        assert grouped[1].tobytes() == task._obs_lidar_pseudo(positions[8:]).tobytes()
+
+
+@needs_safety_gymnasium
+def test_a_vectorised_reading_that_differs_is_caught_and_the_env_goes_back_to_its_own(monkeypatch):
+    from cmdp.core import safety_gymnasium_vectorised
+
+    lidar = safety_gymnasium_vectorised.pseudo_lidar
+
+    def lidar_off_in_the_last_bit(*args, **kwargs):
+        reading = lidar(*args, **kwargs)
+        return np.nextafter(reading, 2.0) if np.any(reading) else reading
+
+    monkeypatch.setattr(safety_gymnasium_vectorised, "pseudo_lidar", lidar_off_in_the_last_bit)
+    with pytest.warns(RuntimeWarning, match="the observation differed"):
+        record, _ = _play_vectorised_beside_plain("SafetyPointGoal1-v0", episodes=2, steps_per_episode=50)
+    assert not record.enabled and record.verified_observations == 0  # every step still equal
+
+
+@needs_safety_gymnasium
+def test_only_tasks_with_safety_gymnasiums_own_observation_are_vectorised_and_make_can_turn_it_off():
+    from cmdp.core.safety_gymnasium_vectorised import vectorise_task
+
+    button = safety_gymnasium.make("SafetyPointButton1-v0")  # its task overrides obs
+    assert vectorise_task(button) and not button.unwrapped.task.vectorised.observes  # hazards only
+    vision = safety_gymnasium.make("SafetyPointGoal1Vision-v0")
+    assert vectorise_task(vision) and not vision.unwrapped.task.vectorised.observes
+    env = safety_gymnasium.make("SafetyPointGoal1-v0")
+    assert vectorise_task(env) and vectorise_task(env)  # a second call changes nothing
+    assert env.unwrapped.task.obs == env.unwrapped.task.vectorised.obs
+    fast = cmdp.make("SafetyPointGoal1-v0", num_envs=1, seed=0)
+    plain = cmdp.make("SafetyPointGoal1-v0", num_envs=1, seed=0, vectorised_task=False)
+    assert hasattr(fast.envs[0].unwrapped.task, "vectorised")
+    assert not hasattr(plain.envs[0].unwrapped.task, "vectorised")
+    with pytest.raises(ConfigError, match="vectorised_task"):
+        cmdp.make("SafetyPointGoal1-v0", vectorised_task=1)
+    fast.close()
+    plain.close()

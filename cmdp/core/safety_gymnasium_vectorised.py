@@ -1,0 +1,255 @@
+"""safety-gymnasium's per-step observation and hazard cost, computed with array operations.
+
+safety-gymnasium 1.0.0 computes its pseudo-lidar one object at a time in Python: for each
+hazard, vase and goal it builds the egocentric vector with a 3x3 product, the distance and the
+angle, and raises one bin and its two neighbours. Then it checks the whole observation against
+its space and flattens it through gymnasium's generic code, and its hazard cost loops over the
+hazards again for their distances. On ``SafetyPointGoal1-v0`` that is about half of the CPU time
+of a step; MuJoCo's own ``mj_step`` is about a sixth.
+
+:func:`vectorise_task` replaces those parts of one env with array operations that do the same
+floating-point operations in the same order on every object, so the results are meant to be
+equal bit for bit, not merely close:
+
+- the egocentric vector as ``x * m[0] + y * m[1] + z * m[2]`` with ``z = 0 - agent_z``, which is
+  what NumPy's 3-vector-by-3x3 product computes (a batched matrix product, through BLAS, is not:
+  it differs in the last bit);
+- distance and angle through the same complex ``abs`` and ``angle`` ufuncs;
+- each bin the maximum over the objects' readings and their aliases (a maximum is exact, so the
+  order of the objects does not matter);
+- the hazard cost summed over the hazards inside their radius in the hazards' order, as before;
+- the flat observation written into each key's slice of the space's layout, as gymnasium's
+  ``flatten`` concatenates them. The space check (``Dict.contains``) is left out: it can only
+  fail for readings outside [0, 1], which these computations cannot produce.
+
+Whether that holds is checked, not assumed: for its first :data:`VERIFIED_STEPS` observations
+and hazard costs an env also computes safety-gymnasium's own and compares them (bytes, dtype,
+shape, and for costs the Python type). On any difference it goes back to safety-gymnasium's code
+for good and says so in a warning. The peer-env tests play vectorised and plain envs side by side.
+
+Only tasks that use safety-gymnasium's own ``obs`` with its pseudo-lidar and no vision have their
+observation vectorised; a task that overrides any of it, or a hazards class that overrides its
+cost, keeps its own code.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+__all__ = ["vectorise_task", "VectorisedTask", "VERIFIED_STEPS", "pseudo_lidar", "egocentric_xy"]
+
+VERIFIED_STEPS = 1000
+"""Observations (and hazard costs) per env computed both ways and compared before trusting."""
+
+
+def vectorise_task(env: Any) -> bool:
+    """Make a safety-gymnasium env compute its observation and hazard cost with array operations.
+
+    Returns True if it now does either; False (and the env unchanged) otherwise.
+    """
+    task = getattr(getattr(env, "unwrapped", env), "task", None)
+    if task is None:
+        return False
+    if isinstance(getattr(task, "vectorised", None), VectorisedTask):
+        return True
+    try:
+        from safety_gymnasium.assets.geoms.hazards import Hazards
+        from safety_gymnasium.bases.base_task import BaseTask
+    except ImportError:
+        return False
+    if not isinstance(task, BaseTask):
+        return False
+    vectorised = VectorisedTask(task, BaseTask, Hazards)
+    if not (vectorised.observes or vectorised.hazards):
+        return False
+    task.vectorised = vectorised
+    return True
+
+
+class VectorisedTask:
+    """One task's vectorised observation and hazard cost, and their verification."""
+
+    def __init__(self, task: Any, base_task: type, hazards_class: type) -> None:
+        self.task = task
+        self.enabled = True
+        self.verified_observations = 0
+        self.verified_costs = 0
+        self.observes = _observation_is_vectorisable(task, base_task)
+        self.hazards = [
+            obstacle
+            for obstacle in task._obstacles
+            if isinstance(obstacle, hazards_class) and type(obstacle).cal_cost is hazards_class.cal_cost
+        ]
+        if self.observes:
+            self._plain_obs = task.obs
+            space = task.obs_info.obs_space_dict
+            self._slices: dict[str, slice] = {}
+            start = 0
+            for key, box in space.spaces.items():
+                size = int(np.prod(box.shape))
+                self._slices[key] = slice(start, start + size)
+                start += size
+            self._flat_size = start
+            self._flat_dtype = np.result_type(*(box.dtype for box in space.spaces.values()))
+            self._dtypes = {key: box.dtype for key, box in space.spaces.items()}
+            self._lidar_observed = [obstacle for obstacle in task._obstacles if obstacle.is_lidar_observed]
+            self._compass_observed = [o for o in task._obstacles if getattr(o, "is_comp_observed", False)]
+            task.obs = self.obs
+        for hazards in self.hazards:
+            hazards.cal_cost = self._hazard_cost_of(hazards)
+
+    # ---- observation ---------------------------------------------------------------------------
+
+    def obs(self) -> Any:
+        if not self.enabled:
+            return self._plain_obs()
+        if self.verified_observations >= VERIFIED_STEPS:
+            return self._observe()
+        plain = self._plain_obs()  # runs mj_forward; the reading below uses its result
+        if _same_observation(self._observe(forward=False), plain):
+            self.verified_observations += 1
+        else:
+            self._disable("the observation")
+        return plain
+
+    def _observe(self, forward: bool = True) -> Any:
+        import mujoco
+
+        task = self.task
+        if forward:
+            mujoco.mj_forward(task.model, task.data)  # as safety-gymnasium's obs: sensors need it
+        readings = dict(task.agent.obs_sensor())
+        if self._lidar_observed:
+            lidar = task.lidar_conf
+            positions = [np.array(obstacle.pos, dtype=np.float64, ndmin=2) for obstacle in self._lidar_observed]
+            groups = np.repeat(np.arange(len(positions)), [len(p) for p in positions])
+            ego = egocentric_xy(np.concatenate(positions), task.agent.pos, task.agent.mat)
+            rows = pseudo_lidar(
+                ego, lidar.num_bins, lidar.max_dist, lidar.exp_gain, lidar.alias, groups, len(positions)
+            )
+            for obstacle, row in zip(self._lidar_observed, rows):
+                readings[obstacle.name + "_lidar"] = row
+        for obstacle in self._compass_observed:
+            readings[obstacle.name + "_comp"] = task._obs_compass(obstacle.pos)
+        if not task.observation_flatten:
+            return readings
+        flat = np.empty(self._flat_size, dtype=self._flat_dtype)
+        for key, where in self._slices.items():
+            flat[where] = np.asarray(readings[key], dtype=self._dtypes[key]).reshape(-1)
+        return flat
+
+    # ---- hazard cost ---------------------------------------------------------------------------
+
+    def _hazard_cost_of(self, hazards: Any) -> Any:
+        plain = hazards.cal_cost
+
+        def cal_cost() -> dict:
+            if not self.enabled:
+                return plain()
+            cost = _hazard_cost(hazards)
+            if self.verified_costs >= VERIFIED_STEPS:
+                return cost
+            reference = plain()
+            if not _same_costs(cost, reference):
+                self._disable("the hazard cost")
+                return reference
+            self.verified_costs += 1
+            return cost
+
+        return cal_cost
+
+    def _disable(self, what: str) -> None:
+        self.enabled = False
+        warnings.warn(
+            f"safety-gymnasium task: the vectorised computation of {what} differed from "
+            "safety-gymnasium's own; this env uses safety-gymnasium's code from now on",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def egocentric_xy(positions: np.ndarray, agent_pos: np.ndarray, agent_mat: np.ndarray) -> np.ndarray:
+    """The XY of each position (rows of ``positions``) in the agent's frame, as safety-gymnasium's
+    ``_ego_xy`` computes it for one."""
+    x = positions[:, 0] - agent_pos[0]
+    y = positions[:, 1] - agent_pos[1]
+    z = 0.0 - agent_pos[2]  # the position is put on the floor (z = 0) before subtracting
+    ego = np.empty((len(positions), 2))
+    ego[:, 0] = x * agent_mat[0, 0] + y * agent_mat[1, 0] + z * agent_mat[2, 0]
+    ego[:, 1] = x * agent_mat[0, 1] + y * agent_mat[1, 1] + z * agent_mat[2, 1]
+    return ego
+
+
+def pseudo_lidar(
+    ego_xy: np.ndarray,
+    num_bins: int,
+    max_dist: float | None,
+    exp_gain: float,
+    alias: bool,
+    groups: np.ndarray | None = None,
+    num_groups: int = 1,
+) -> np.ndarray:
+    """safety-gymnasium's pseudo-lidar of objects at the egocentric ``ego_xy`` (shape (n, 2)).
+
+    ``groups`` gives each object's row of the result (shape (num_groups, num_bins)), so that the
+    lidars of several kinds of object come from one pass; without it, one reading of all the
+    objects (shape (num_bins,)).
+    """
+    reading = np.zeros(num_groups * num_bins)
+    if len(ego_xy):
+        z = np.empty(len(ego_xy), dtype=np.complex128)
+        z.real, z.imag = ego_xy[:, 0], ego_xy[:, 1]
+        dist = np.abs(z)
+        angle = np.angle(z) % (np.pi * 2)
+        bin_size = (np.pi * 2) / num_bins
+        bins = (angle / bin_size).astype(np.intp)  # truncation, as int(); the angle is not negative
+        if max_dist is None:
+            sensor = np.exp(-exp_gain * dist)
+        else:
+            sensor = np.maximum(0, max_dist - dist) / max_dist
+        row = 0 if groups is None else groups * num_bins
+        np.maximum.at(reading, row + bins, sensor)
+        if alias:
+            share = (angle - bin_size * bins) / bin_size
+            np.maximum.at(reading, row + (bins + 1) % num_bins, share * sensor)
+            np.maximum.at(reading, row + (bins - 1) % num_bins, (1 - share) * sensor)
+    return reading if groups is None else reading.reshape(num_groups, num_bins)
+
+
+def _hazard_cost(hazards: Any) -> dict:
+    if not hazards.is_constrained:
+        return {}
+    cost: dict = {"cost_hazards": 0}
+    positions = hazards.pos
+    if not len(positions):
+        return cost
+    offsets = np.array(positions, dtype=np.float64)[:, :2] - hazards.agent.pos[:2]
+    dist = np.sqrt(offsets[:, 0] * offsets[:, 0] + offsets[:, 1] * offsets[:, 1])
+    for inside in np.flatnonzero(dist <= hazards.size):  # summed in the hazards' order, as before
+        cost["cost_hazards"] += hazards.cost * (hazards.size - dist[inside])
+    return cost
+
+
+def _observation_is_vectorisable(task: Any, base_task: type) -> bool:
+    kind = type(task)
+    methods = ("obs", "_obs_lidar", "_obs_lidar_pseudo", "_ego_xy")
+    uses_base = all(getattr(kind, name) is getattr(base_task, name) for name in methods)
+    return uses_base and not task.observe_vision and task.lidar_conf.type == "pseudo"
+
+
+def _same_observation(a: Any, b: Any) -> bool:
+    if isinstance(b, dict):
+        return isinstance(a, dict) and a.keys() == b.keys() and all(_same_array(a[k], b[k]) for k in b)
+    return _same_array(a, b)
+
+
+def _same_array(a: Any, b: Any) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def _same_costs(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(type(a[k]) is type(b[k]) and _same_array(a[k], b[k]) for k in b)
