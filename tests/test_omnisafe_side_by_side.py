@@ -226,4 +226,6 @@ def test_cmdp_runs_that_recompile_the_world_are_kept_apart_and_older_results_cou
     assert sbs.load_result(tmp_path / "old.json", ours_recompiled) is not None
     assert sbs.load_result(tmp_path / "old.json", ours_kept) is None
     phrase = sbs._world_phrase(ours_kept)
-    assert "cmdp's keep the compiled model" in phrase and "OmniSafe's envs compile" in phrase
+    assert "cmdp's keep the compiled model" in phrase and "safety_gymnasium_vectorised" in phrase
+    assert phrase.startswith("OmniSafe's envs are safety-gymnasium's as shipped")
+    assert sbs._world_phrase(ours_recompiled).startswith("Both libraries' envs are safety-gymnasium's as shipped")
