@@ -313,8 +313,7 @@ def test_a_vectorised_task_plays_the_same_episodes_bit_for_bit(monkeypatch, env_
     # most steps after the verification, where only the vectorised code runs
     monkeypatch.setattr(safety_gymnasium_vectorised, "VERIFIED_STEPS", 100)
     record, costly = _play_vectorised_beside_plain(env_id, episodes=2, move_goal_at=300, seek_hazards=seek_hazards)
-    assert record.enabled and record.observes and len(record.hazards) == 1
-    assert record.verified_observations == 100 and record.verified_costs == 100
+    assert record.enabled and record.verified == {"observation": 100, "hazard cost": 100, "goal distance": 100}
     assert costly > 20  # hazards were entered, so the cost's sum ran on nonzero terms
 
 
@@ -352,9 +351,9 @@ def test_a_vectorised_reading_that_differs_is_caught_and_the_env_goes_back_to_it
         return np.nextafter(reading, 2.0) if np.any(reading) else reading
 
     monkeypatch.setattr(safety_gymnasium_vectorised, "pseudo_lidar", lidar_off_in_the_last_bit)
-    with pytest.warns(RuntimeWarning, match="the observation differed"):
+    with pytest.warns(RuntimeWarning, match="the vectorised observation differed"):
         record, _ = _play_vectorised_beside_plain("SafetyPointGoal1-v0", episodes=2, steps_per_episode=50)
-    assert not record.enabled and record.verified_observations == 0  # every step still equal
+    assert not record.enabled and record.verified["observation"] == 0  # every step still equal
 
 
 @needs_safety_gymnasium
@@ -362,12 +361,13 @@ def test_only_tasks_with_safety_gymnasiums_own_observation_are_vectorised_and_ma
     from cmdp.core.safety_gymnasium_vectorised import vectorise_task
 
     button = safety_gymnasium.make("SafetyPointButton1-v0")  # its task overrides obs
-    assert vectorise_task(button) and not button.unwrapped.task.vectorised.observes  # hazards only
+    assert vectorise_task(button) and list(button.unwrapped.task.vectorised.verified) == ["hazard cost", "goal distance"]
     vision = safety_gymnasium.make("SafetyPointGoal1Vision-v0")
     assert vectorise_task(vision) and not vision.unwrapped.task.vectorised.observes
     env = safety_gymnasium.make("SafetyPointGoal1-v0")
-    assert vectorise_task(env) and vectorise_task(env)  # a second call changes nothing
-    assert env.unwrapped.task.obs == env.unwrapped.task.vectorised.obs
+    assert vectorise_task(env)
+    observe = env.unwrapped.task.obs
+    assert vectorise_task(env) and env.unwrapped.task.obs is observe  # a second call changes nothing
     fast = cmdp.make("SafetyPointGoal1-v0", num_envs=1, seed=0)
     plain = cmdp.make("SafetyPointGoal1-v0", num_envs=1, seed=0, vectorised_task=False)
     assert hasattr(fast.envs[0].unwrapped.task, "vectorised")

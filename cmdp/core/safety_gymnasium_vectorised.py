@@ -1,11 +1,13 @@
-"""safety-gymnasium's per-step observation and hazard cost, computed with array operations.
+"""safety-gymnasium's per-step observation, hazard cost and goal distance, computed with array
+operations.
 
 safety-gymnasium 1.0.0 computes its pseudo-lidar one object at a time in Python: for each
 hazard, vase and goal it builds the egocentric vector with a 3x3 product, the distance and the
 angle, and raises one bin and its two neighbours. Then it checks the whole observation against
 its space and flattens it through gymnasium's generic code, and its hazard cost loops over the
-hazards again for their distances. On ``SafetyPointGoal1-v0`` that is about half of the CPU time
-of a step; MuJoCo's own ``mj_step`` is about a sixth.
+hazards again for their distances; the reward and the goal check measure the distance to the goal
+three times a step, each time looking up two bodies by name. On ``SafetyPointGoal1-v0`` that is
+about half of the CPU time of a step; MuJoCo's own ``mj_step`` is about a sixth.
 
 :func:`vectorise_task` replaces those parts of one env with array operations that do the same
 floating-point operations in the same order on every object, so the results are meant to be
@@ -18,23 +20,27 @@ equal bit for bit, not merely close:
 - each bin the maximum over the objects' readings and their aliases (a maximum is exact, so the
   order of the objects does not matter);
 - the hazard cost summed over the hazards inside their radius in the hazards' order, as before;
+- the goal distance from the bodies' positions read by index, its two squares added in the order
+  ``np.sum`` adds them;
 - the flat observation written into each key's slice of the space's layout, as gymnasium's
   ``flatten`` concatenates them. The space check (``Dict.contains``) is left out: it can only
   fail for readings outside [0, 1], which these computations cannot produce.
 
-Whether that holds is checked, not assumed: for its first :data:`VERIFIED_STEPS` observations
-and hazard costs an env also computes safety-gymnasium's own and compares them (bytes, dtype,
-shape, and for costs the Python type). On any difference it goes back to safety-gymnasium's code
+Whether that holds is checked, not assumed: for the first :data:`VERIFIED_STEPS` results of each
+part an env also computes safety-gymnasium's own and compares them (bytes, dtype, shape, and for
+costs and distances the Python type). On any difference it goes back to safety-gymnasium's code
 for good and says so in a warning. The peer-env tests play vectorised and plain envs side by side.
 
 Only tasks that use safety-gymnasium's own ``obs`` with its pseudo-lidar and no vision have their
-observation vectorised; a task that overrides any of it, or a hazards class that overrides its
-cost, keeps its own code.
+observation vectorised, and only its own ``dist_goal`` of a ``Goal`` their goal distance; a task
+that overrides any of it, or a hazards class that overrides its cost, keeps its own code.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -42,13 +48,13 @@ import numpy as np
 __all__ = ["vectorise_task", "VectorisedTask", "VERIFIED_STEPS", "pseudo_lidar", "egocentric_xy"]
 
 VERIFIED_STEPS = 1000
-"""Observations (and hazard costs) per env computed both ways and compared before trusting."""
+"""Results of each vectorised part per env computed both ways and compared before trusting."""
 
 
 def vectorise_task(env: Any) -> bool:
-    """Make a safety-gymnasium env compute its observation and hazard cost with array operations.
-
-    Returns True if it now does either; False (and the env unchanged) otherwise.
+    """Make a safety-gymnasium env compute its observation, hazard cost and goal distance with
+    array operations. Returns True if it now does any of them; False (and the env unchanged)
+    otherwise.
     """
     task = getattr(getattr(env, "unwrapped", env), "task", None)
     if task is None:
@@ -56,35 +62,35 @@ def vectorise_task(env: Any) -> bool:
     if isinstance(getattr(task, "vectorised", None), VectorisedTask):
         return True
     try:
-        from safety_gymnasium.assets.geoms.hazards import Hazards
         from safety_gymnasium.bases.base_task import BaseTask
     except ImportError:
         return False
     if not isinstance(task, BaseTask):
         return False
-    vectorised = VectorisedTask(task, BaseTask, Hazards)
-    if not (vectorised.observes or vectorised.hazards):
+    vectorised = VectorisedTask(task)
+    if not vectorised.verified:
         return False
     task.vectorised = vectorised
     return True
 
 
 class VectorisedTask:
-    """One task's vectorised observation and hazard cost, and their verification."""
+    """One task's vectorised parts, and their verification.
 
-    def __init__(self, task: Any, base_task: type, hazards_class: type) -> None:
+    ``verified`` maps each replaced part ("observation", "hazard cost", "goal distance") to how
+    many of its results have been checked against safety-gymnasium's own so far.
+    """
+
+    def __init__(self, task: Any) -> None:
+        from safety_gymnasium.assets.geoms.goal import Goal
+        from safety_gymnasium.assets.geoms.hazards import Hazards
+        from safety_gymnasium.bases.base_agent import BaseAgent
+        from safety_gymnasium.bases.base_task import BaseTask
+
         self.task = task
         self.enabled = True
-        self.verified_observations = 0
-        self.verified_costs = 0
-        self.observes = _observation_is_vectorisable(task, base_task)
-        self.hazards = [
-            obstacle
-            for obstacle in task._obstacles
-            if isinstance(obstacle, hazards_class) and type(obstacle).cal_cost is hazards_class.cal_cost
-        ]
-        if self.observes:
-            self._plain_obs = task.obs
+        self.verified: dict[str, int] = {}
+        if _observation_is_vectorisable(task, BaseTask):
             space = task.obs_info.obs_space_dict
             self._slices: dict[str, slice] = {}
             start = 0
@@ -97,23 +103,54 @@ class VectorisedTask:
             self._dtypes = {key: box.dtype for key, box in space.spaces.items()}
             self._lidar_observed = [obstacle for obstacle in task._obstacles if obstacle.is_lidar_observed]
             self._compass_observed = [o for o in task._obstacles if getattr(o, "is_comp_observed", False)]
-            task.obs = self.obs
-        for hazards in self.hazards:
-            hazards.cal_cost = self._hazard_cost_of(hazards)
+            task.obs = self._checked("observation", task.obs, self._observe, _same_observation, forwards=True)
+        for hazards in task._obstacles:
+            if isinstance(hazards, Hazards) and type(hazards).cal_cost is Hazards.cal_cost:
+                fast = functools.partial(_hazard_cost, hazards)
+                hazards.cal_cost = self._checked("hazard cost", hazards.cal_cost, fast, _same_costs)
+        goal, agent = getattr(task, "goal", None), task.agent
+        if (
+            type(task).dist_goal is BaseTask.dist_goal
+            and type(goal).pos is Goal.pos
+            and type(agent).pos is BaseAgent.pos
+            and type(agent).dist_xy is BaseAgent.dist_xy
+        ):
+            self._bodies_of: Any = None
+            task.dist_goal = self._checked("goal distance", task.dist_goal, self._goal_distance, _same_value)
 
-    # ---- observation ---------------------------------------------------------------------------
+    @property
+    def observes(self) -> bool:
+        return "observation" in self.verified
 
-    def obs(self) -> Any:
-        if not self.enabled:
-            return self._plain_obs()
-        if self.verified_observations >= VERIFIED_STEPS:
-            return self._observe()
-        plain = self._plain_obs()  # runs mj_forward; the reading below uses its result
-        if _same_observation(self._observe(forward=False), plain):
-            self.verified_observations += 1
-        else:
-            self._disable("the observation")
-        return plain
+    def _checked(
+        self, part: str, plain: Callable[[], Any], fast: Callable[..., Any], same: Callable, forwards: bool = False
+    ) -> Callable[[], Any]:
+        """``fast`` in place of ``plain``, after its first VERIFIED_STEPS results equal plain's.
+
+        ``forwards``: plain runs MuJoCo's ``mj_forward`` first; while both run, fast is told not to
+        run it again (``forward=False``), so checking costs the simulation nothing.
+        """
+        self.verified[part] = 0
+
+        def replacement() -> Any:
+            if not self.enabled:
+                return plain()
+            if self.verified[part] >= VERIFIED_STEPS:
+                return fast()
+            reference = plain()
+            if same(fast(forward=False) if forwards else fast(), reference):
+                self.verified[part] += 1
+            else:
+                self.enabled = False
+                warnings.warn(
+                    f"safety-gymnasium task: the vectorised {part} differed from safety-gymnasium's own; "
+                    "this env uses safety-gymnasium's code from now on",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            return reference
+
+        return replacement
 
     def _observe(self, forward: bool = True) -> Any:
         import mujoco
@@ -141,34 +178,15 @@ class VectorisedTask:
             flat[where] = np.asarray(readings[key], dtype=self._dtypes[key]).reshape(-1)
         return flat
 
-    # ---- hazard cost ---------------------------------------------------------------------------
-
-    def _hazard_cost_of(self, hazards: Any) -> Any:
-        plain = hazards.cal_cost
-
-        def cal_cost() -> dict:
-            if not self.enabled:
-                return plain()
-            cost = _hazard_cost(hazards)
-            if self.verified_costs >= VERIFIED_STEPS:
-                return cost
-            reference = plain()
-            if not _same_costs(cost, reference):
-                self._disable("the hazard cost")
-                return reference
-            self.verified_costs += 1
-            return cost
-
-        return cal_cost
-
-    def _disable(self, what: str) -> None:
-        self.enabled = False
-        warnings.warn(
-            f"safety-gymnasium task: the vectorised computation of {what} differed from "
-            "safety-gymnasium's own; this env uses safety-gymnasium's code from now on",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    def _goal_distance(self) -> Any:
+        """``dist_goal``: the goal's and the agent's body positions read by index, not by name."""
+        model, data = self.task.model, self.task.data
+        if self._bodies_of is None or self._bodies_of[0] is not model:  # a reset may compile anew
+            self._bodies_of = (model, model.body("goal").id, model.body("agent").id)
+        _, goal, agent = self._bodies_of
+        dx = data.xpos[goal, 0] - data.xpos[agent, 0]
+        dy = data.xpos[goal, 1] - data.xpos[agent, 1]
+        return np.sqrt(dx * dx + dy * dy)  # np.sum of the two squares adds them in this order
 
 
 def egocentric_xy(positions: np.ndarray, agent_pos: np.ndarray, agent_mat: np.ndarray) -> np.ndarray:
@@ -252,4 +270,8 @@ def _same_array(a: Any, b: Any) -> bool:
 
 
 def _same_costs(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(type(a[k]) is type(b[k]) and _same_array(a[k], b[k]) for k in b)
+    return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in b)
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and _same_array(a, b)
