@@ -20,8 +20,9 @@ equal bit for bit, not merely close:
 - each bin the maximum over the objects' readings and their aliases (a maximum is exact, so the
   order of the objects does not matter);
 - the hazard cost summed over the hazards inside their radius in the hazards' order, as before;
-- the goal distance from the bodies' positions read by index, its two squares added in the order
-  ``np.sum`` adds them;
+- the goal distance with its two squares added in the order ``np.sum`` adds them;
+- the positions of the agent, goal, hazards, vases and pillars read from MuJoCo's ``xpos`` by body
+  index, where safety-gymnasium looks each body up by name at every read;
 - the flat observation written into each key's slice of the space's layout, as gymnasium's
   ``flatten`` concatenates them. The space check (``Dict.contains``) is left out: it can only
   fail for readings outside [0, 1], which these computations cannot produce.
@@ -45,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["vectorise_task", "VectorisedTask", "VERIFIED_STEPS", "pseudo_lidar", "egocentric_xy"]
+__all__ = ["vectorise_task", "VectorisedTask", "VERIFIED_STEPS", "pseudo_lidar", "egocentric_xy", "BodyPositions"]
 
 VERIFIED_STEPS = 1000
 """Results of each vectorised part per env computed both ways and compared before trusting."""
@@ -88,6 +89,7 @@ class VectorisedTask:
         from safety_gymnasium.bases.base_task import BaseTask
 
         self.task = task
+        self._agent_position = BodyPositions(task, ["agent"]) if type(task.agent).pos is BaseAgent.pos else None
         self.enabled = True
         self.verified: dict[str, int] = {}
         if _observation_is_vectorisable(task, BaseTask):
@@ -102,11 +104,16 @@ class VectorisedTask:
             self._flat_dtype = np.result_type(*(box.dtype for box in space.spaces.values()))
             self._dtypes = {key: box.dtype for key, box in space.spaces.items()}
             self._lidar_observed = [obstacle for obstacle in task._obstacles if obstacle.is_lidar_observed]
+            self._lidar_positions = [positions_of(obstacle, task) for obstacle in self._lidar_observed]
             self._compass_observed = [o for o in task._obstacles if getattr(o, "is_comp_observed", False)]
             task.obs = self._checked("observation", task.obs, self._observe, _same_observation, forwards=True)
         for hazards in task._obstacles:
-            if isinstance(hazards, Hazards) and type(hazards).cal_cost is Hazards.cal_cost:
-                fast = functools.partial(_hazard_cost, hazards)
+            if (
+                isinstance(hazards, Hazards)
+                and type(hazards).cal_cost is Hazards.cal_cost
+                and self._agent_position is not None
+            ):
+                fast = functools.partial(_hazard_cost, hazards, positions_of(hazards, task), self._agent_position)
                 hazards.cal_cost = self._checked("hazard cost", hazards.cal_cost, fast, _same_costs)
         goal, agent = getattr(task, "goal", None), task.agent
         if (
@@ -115,7 +122,7 @@ class VectorisedTask:
             and type(agent).pos is BaseAgent.pos
             and type(agent).dist_xy is BaseAgent.dist_xy
         ):
-            self._bodies_of: Any = None
+            self._goal_and_agent = BodyPositions(task, ["goal", "agent"])
             task.dist_goal = self._checked("goal distance", task.dist_goal, self._goal_distance, _same_value)
 
     @property
@@ -161,7 +168,7 @@ class VectorisedTask:
         readings = dict(task.agent.obs_sensor())
         if self._lidar_observed:
             lidar = task.lidar_conf
-            positions = [np.array(obstacle.pos, dtype=np.float64, ndmin=2) for obstacle in self._lidar_observed]
+            positions = [read() for read in self._lidar_positions]
             groups = np.repeat(np.arange(len(positions)), [len(p) for p in positions])
             ego = egocentric_xy(np.concatenate(positions), task.agent.pos, task.agent.mat)
             rows = pseudo_lidar(
@@ -179,14 +186,51 @@ class VectorisedTask:
         return flat
 
     def _goal_distance(self) -> Any:
-        """``dist_goal``: the goal's and the agent's body positions read by index, not by name."""
-        model, data = self.task.model, self.task.data
-        if self._bodies_of is None or self._bodies_of[0] is not model:  # a reset may compile anew
-            self._bodies_of = (model, model.body("goal").id, model.body("agent").id)
-        _, goal, agent = self._bodies_of
-        dx = data.xpos[goal, 0] - data.xpos[agent, 0]
-        dy = data.xpos[goal, 1] - data.xpos[agent, 1]
+        goal, agent = self._goal_and_agent()
+        dx = goal[0] - agent[0]
+        dy = goal[1] - agent[1]
         return np.sqrt(dx * dx + dy * dy)  # np.sum of the two squares adds them in this order
+
+
+class BodyPositions:
+    """The world positions (``xpos``) of named bodies, read by index rather than looked up by
+    name one at a time as safety-gymnasium's ``pos`` properties do; shape (len(names), 3)."""
+
+    def __init__(self, task: Any, names: list[str]) -> None:
+        self.task, self.names = task, names
+        self._model: Any = None
+        self._ids = np.zeros(0, dtype=np.intp)
+
+    def __call__(self) -> np.ndarray:
+        model = self.task.model
+        if model is not self._model:  # a reset may compile the world anew
+            self._model, self._ids = model, np.array([model.body(name).id for name in self.names], dtype=np.intp)
+        return self.task.data.xpos[self._ids]
+
+
+def positions_of(obstacle: Any, task: Any) -> Callable[[], np.ndarray]:
+    """A reader of an obstacle's positions (shape (n, 3)): by body index for the kinds whose
+    ``pos`` property reads bodies named by a known pattern, else through that property."""
+    names = _body_names(obstacle)
+    if names is not None:
+        return BodyPositions(task, names)
+    return lambda: np.array(obstacle.pos, dtype=np.float64, ndmin=2)
+
+
+def _body_names(obstacle: Any) -> list[str] | None:
+    from safety_gymnasium.assets.free_geoms.vases import Vases
+    from safety_gymnasium.assets.geoms.goal import Goal
+    from safety_gymnasium.assets.geoms.hazards import Hazards
+    from safety_gymnasium.assets.geoms.pillars import Pillars
+
+    # each class's pos property reads exactly these bodies' xpos (safety-gymnasium 1.0.0)
+    patterns = {Hazards: "hazard{}", Vases: "vase{}", Pillars: "pillar{}"}
+    for kind, pattern in patterns.items():
+        if type(obstacle).pos is kind.pos:
+            return [pattern.format(i) for i in range(obstacle.num)]
+    if type(obstacle).pos is Goal.pos:
+        return ["goal"]
+    return None
 
 
 def egocentric_xy(positions: np.ndarray, agent_pos: np.ndarray, agent_mat: np.ndarray) -> np.ndarray:
@@ -237,14 +281,11 @@ def pseudo_lidar(
     return reading if groups is None else reading.reshape(num_groups, num_bins)
 
 
-def _hazard_cost(hazards: Any) -> dict:
+def _hazard_cost(hazards: Any, positions: Callable[[], np.ndarray], agent: Callable[[], np.ndarray]) -> dict:
     if not hazards.is_constrained:
         return {}
     cost: dict = {"cost_hazards": 0}
-    positions = hazards.pos
-    if not len(positions):
-        return cost
-    offsets = np.array(positions, dtype=np.float64)[:, :2] - hazards.agent.pos[:2]
+    offsets = positions()[:, :2] - agent()[0, :2]
     dist = np.sqrt(offsets[:, 0] * offsets[:, 0] + offsets[:, 1] * offsets[:, 1])
     for inside in np.flatnonzero(dist <= hazards.size):  # summed in the hazards' order, as before
         cost["cost_hazards"] += hazards.cost * (hazards.size - dist[inside])
