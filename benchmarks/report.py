@@ -15,11 +15,26 @@ def machine_line(torch_threads: int | None = None) -> str:
     measured runs used (default: this process's now, which is theirs when they ran in it: the
     solvers set it, so call this after them)."""
     threads = torch.get_num_threads() if torch_threads is None else torch_threads
+    model = cpu_model()
     return (
-        f"Measured {dt.date.today().isoformat()} on {platform.node() or 'this machine'}: {os.cpu_count()} cores, "
-        f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, torch {torch.__version__} "
-        f"({threads} thread(s))."
+        f"Measured {dt.date.today().isoformat()} on {platform.node() or 'this machine'}: {os.cpu_count()} cores"
+        f"{f' ({model})' if model else ''}, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}, torch {torch.__version__} ({threads} thread(s))."
     )
+
+
+def cpu_model() -> str:
+    """The CPU's model name ("" where /proc/cpuinfo does not say). Part of a measurement, not
+    only of its speed: NumPy's BLAS picks its kernels by CPU model, and their rounding differs, so
+    runs that act through NumPy can train differently on another CPU from the same seed."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def publish(table: str, out: Path | None, key: str, title: str) -> None:
