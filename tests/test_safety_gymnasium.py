@@ -362,6 +362,8 @@ def test_only_tasks_with_safety_gymnasiums_own_observation_are_vectorised_and_ma
 
     button = safety_gymnasium.make("SafetyPointButton1-v0")  # its task overrides obs
     assert vectorise_task(button) and list(button.unwrapped.task.vectorised.verified) == ["hazard cost", "goal distance"]
+    circle = safety_gymnasium.make("SafetyPointCircle1-v0")  # no goal, no hazards
+    assert vectorise_task(circle) and list(circle.unwrapped.task.vectorised.verified) == ["observation"]
     vision = safety_gymnasium.make("SafetyPointGoal1Vision-v0")
     assert vectorise_task(vision) and not vision.unwrapped.task.vectorised.observes
     env = safety_gymnasium.make("SafetyPointGoal1-v0")

@@ -118,7 +118,7 @@ class VectorisedTask:
         goal, agent = getattr(task, "goal", None), task.agent
         if (
             type(task).dist_goal is BaseTask.dist_goal
-            and type(goal).pos is Goal.pos
+            and getattr(type(goal), "pos", None) is Goal.pos  # tasks without a goal have goal None
             and type(agent).pos is BaseAgent.pos
             and type(agent).dist_xy is BaseAgent.dist_xy
         ):
