@@ -113,7 +113,7 @@ def main() -> None:
             f"| {name} | {reset_ms:,.1f} | {step_ms:.3f} | {reset_ms / horizon:.3f} | {rates[name]:,.0f} |"
         )
     kept, compiled, fast = rates[KEPT], rates[SHIPPED], rates[VECTORISED]
-    what = "observation and hazard cost" if vectorised.observes else "hazard cost only"
+    what = ", ".join(vectorised.verified)
     table = "\n".join(
         [
             machine_line(),
