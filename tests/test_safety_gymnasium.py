@@ -291,6 +291,32 @@ def test_only_envs_that_cannot_render_keep_their_world_and_make_can_turn_it_off(
 # ---- the vectorised observation and hazard cost (cmdp.core.safety_gymnasium_vectorised) ------
 
 
+def test_pseudo_lidar_reads_closeness_in_the_objects_bin_and_aliases_into_its_neighbours():
+    # runs everywhere: the array code needs no safety-gymnasium (the peer tests compare it with it)
+    from cmdp.core.safety_gymnasium_vectorised import egocentric_xy, pseudo_lidar
+
+    bin_size = 2 * np.pi / 16
+    ahead = np.array([[1.5, 0.0]])  # on the bin's lower edge: all of its alias goes to the bin below
+    reading = pseudo_lidar(ahead, 16, 3.0, 1.0, True)
+    np.testing.assert_allclose(reading[[0, 15]], [0.5, 0.5])
+    assert np.count_nonzero(reading) == 2
+    middle = 2.0 * np.array([[np.cos(2.5 * bin_size), np.sin(2.5 * bin_size)]])  # mid-bin 2, 1 m closer
+    np.testing.assert_allclose(pseudo_lidar(middle, 16, 3.0, 1.0, True)[[1, 2, 3]], [1 / 6, 1 / 3, 1 / 6])
+    np.testing.assert_allclose(pseudo_lidar(middle, 16, None, 1.0, False)[2], np.exp(-2.0))
+    assert not pseudo_lidar(np.array([[0.0, 3.5]]), 16, 3.0, 1.0, True).any()  # beyond max_dist
+    # the nearer object wins its bin; groups give each kind its own row
+    both = np.concatenate([ahead, 0.5 * ahead])
+    np.testing.assert_allclose(pseudo_lidar(both, 16, 3.0, 1.0, True)[0], 0.75)
+    rows = pseudo_lidar(both, 16, 3.0, 1.0, True, np.array([1, 0]), 2)
+    assert rows[1].tobytes() == reading.tobytes()
+    assert rows[0].tobytes() == pseudo_lidar(0.5 * ahead, 16, 3.0, 1.0, True).tobytes()
+
+    # an agent at (1, 2) facing +y (its x axis along the world's y): an object to its east is on its right
+    facing_north = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    ego = egocentric_xy(np.array([[2.0, 2.0, 0.0], [1.0, 4.0, 0.3]]), np.array([1.0, 2.0, 0.1]), facing_north)
+    np.testing.assert_allclose(ego, [[0.0, -1.0], [2.0, 0.0]])
+
+
 def _play_vectorised_beside_plain(env_id, episodes, steps_per_episode=1000, move_goal_at=None, seek_hazards=False):
     """Episodes of a plain env and of a vectorised one (both keeping their compiled world),
     compared bit for bit; returns the vectorised task's record and the number of steps with a cost."""
