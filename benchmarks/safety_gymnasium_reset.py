@@ -31,7 +31,7 @@ import omnisafe_compat  # noqa: E402,F401  (safety-gymnasium's dataclasses on Py
 import safety_gymnasium  # noqa: E402
 from report import machine_line, publish  # noqa: E402  (benchmarks/report.py)
 
-from cmdp.core.safety_gymnasium_vectorised import VERIFIED_STEPS, vectorise_task  # noqa: E402
+from cmdp.core.safety_gymnasium_vectorised import VERIFIED_STEPS, same_bits, vectorise_task  # noqa: E402
 from cmdp.core.safety_gymnasium_worlds import VERIFIED_RESETS, reuse_compiled_world  # noqa: E402
 
 SHIPPED, KEPT, VECTORISED = "as shipped (compiled at every reset)", "compiled world kept", "kept, and vectorised task"
@@ -54,13 +54,9 @@ def play(env, seed: int, actions: np.ndarray) -> tuple[float, float, list]:
 
 def same(a: list, b: list) -> bool:
     """Equal bit for bit: observations' bytes and dtypes, rewards, costs and episode ends."""
-    if len(a) != len(b) or not _same_array(a[0], b[0]):
+    if len(a) != len(b) or not same_bits(a[0], b[0]):
         return False
-    return all(_same_array(x[0], y[0]) and x[1:] == y[1:] for x, y in zip(a[1:], b[1:]))
-
-
-def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+    return all(same_bits(x[0], y[0]) and x[1:] == y[1:] for x, y in zip(a[1:], b[1:]))
 
 
 def main() -> None:

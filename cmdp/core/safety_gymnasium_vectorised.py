@@ -46,7 +46,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["vectorise_task", "VectorisedTask", "VERIFIED_STEPS", "pseudo_lidar", "egocentric_xy", "BodyPositions"]
+__all__ = [
+    "vectorise_task",
+    "VectorisedTask",
+    "VERIFIED_STEPS",
+    "pseudo_lidar",
+    "egocentric_xy",
+    "BodyPositions",
+    "same_bits",
+]
 
 VERIFIED_STEPS = 1000
 """Results of each vectorised part per env computed both ways and compared before trusting."""
@@ -301,11 +309,12 @@ def _observation_is_vectorisable(task: Any, base_task: type) -> bool:
 
 def _same_observation(a: Any, b: Any) -> bool:
     if isinstance(b, dict):
-        return isinstance(a, dict) and a.keys() == b.keys() and all(_same_array(a[k], b[k]) for k in b)
-    return _same_array(a, b)
+        return isinstance(a, dict) and a.keys() == b.keys() and all(same_bits(a[k], b[k]) for k in b)
+    return same_bits(a, b)
 
 
-def _same_array(a: Any, b: Any) -> bool:
+def same_bits(a: Any, b: Any) -> bool:
+    """Whether two arrays (or scalars) are equal bit for bit: dtype, shape and bytes."""
     a, b = np.asarray(a), np.asarray(b)
     return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
@@ -315,4 +324,4 @@ def _same_costs(a: dict, b: dict) -> bool:
 
 
 def _same_value(a: Any, b: Any) -> bool:
-    return type(a) is type(b) and _same_array(a, b)
+    return type(a) is type(b) and same_bits(a, b)
