@@ -391,7 +391,7 @@ def test_only_tasks_with_safety_gymnasiums_own_observation_are_vectorised_and_ma
     circle = safety_gymnasium.make("SafetyPointCircle1-v0")  # no goal, no hazards
     assert vectorise_task(circle) and list(circle.unwrapped.task.vectorised.verified) == ["observation"]
     vision = safety_gymnasium.make("SafetyPointGoal1Vision-v0")
-    assert vectorise_task(vision) and not vision.unwrapped.task.vectorised.observes
+    assert vectorise_task(vision) and "observation" not in vision.unwrapped.task.vectorised.verified
     env = safety_gymnasium.make("SafetyPointGoal1-v0")
     assert vectorise_task(env)
     observe = env.unwrapped.task.obs

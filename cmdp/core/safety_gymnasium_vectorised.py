@@ -133,10 +133,6 @@ class VectorisedTask:
             self._goal_and_agent = BodyPositions(task, ["goal", "agent"])
             task.dist_goal = self._checked("goal distance", task.dist_goal, self._goal_distance, _same_value)
 
-    @property
-    def observes(self) -> bool:
-        return "observation" in self.verified
-
     def _checked(
         self, part: str, plain: Callable[[], Any], fast: Callable[..., Any], same: Callable, forwards: bool = False
     ) -> Callable[[], Any]:
