@@ -339,8 +339,71 @@ def test_a_vectorised_task_plays_the_same_episodes_bit_for_bit(monkeypatch, env_
     # most steps after the verification, where only the vectorised code runs
     monkeypatch.setattr(safety_gymnasium_vectorised, "VERIFIED_STEPS", 100)
     record, costly = _play_vectorised_beside_plain(env_id, episodes=2, move_goal_at=300, seek_hazards=seek_hazards)
-    assert record.enabled and record.verified == {"observation": 100, "hazard cost": 100, "goal distance": 100}
+    parts = ("observation", "hazard cost", "goal distance", "forward before the cost", "forward before the observation")
+    assert record.enabled and record.verified == dict.fromkeys(parts, 100)
     assert costly > 20  # hazards were entered, so the cost's sum ran on nonzero terms
+
+
+@needs_safety_gymnasium
+def test_a_vectorised_step_runs_mujocos_forward_once_where_safety_gymnasium_runs_it_three_times(monkeypatch):
+    import mujoco
+
+    from cmdp.core import safety_gymnasium_vectorised
+
+    monkeypatch.setattr(safety_gymnasium_vectorised, "VERIFIED_STEPS", 5)
+    forwards = []
+    forward = mujoco.mj_forward
+    monkeypatch.setattr(mujoco, "mj_forward", lambda model, data: forwards.append(1) or forward(model, data))
+    plain, vectorised = safety_gymnasium.make("SafetyPointGoal1-v0"), safety_gymnasium.make("SafetyPointGoal1-v0")
+    assert safety_gymnasium_vectorised.vectorise_task(vectorised)
+    for env in (plain, vectorised):
+        env.reset(seed=0)
+        for _ in range(20):  # past the verification of both forwards
+            env.step(np.zeros(2))
+    counts = []
+    for env in (plain, vectorised):
+        forwards.clear()
+        for _ in range(10):  # standing still: no goal reached, no new goal drawn
+            env.step(np.zeros(2))
+        counts.append(len(forwards))
+    assert counts == [30, 10]
+    record = vectorised.unwrapped.task.vectorised
+    assert record.verified["forward before the cost"] == record.verified["forward before the observation"] == 5
+
+
+@needs_safety_gymnasium
+def test_a_vectorised_task_plays_the_same_episodes_when_goals_are_reached_within_steps(monkeypatch):
+    from safety_gymnasium.tasks.safe_navigation.goal.goal_level0 import GoalLevel0
+
+    from cmdp.core import safety_gymnasium_vectorised
+
+    monkeypatch.setattr(safety_gymnasium_vectorised, "VERIFIED_STEPS", 20)
+    reached = []
+
+    def near_the_goal(task):  # goals reached often: each draws a new goal within the step
+        reached.append(task.dist_goal() <= 1.5)
+        return reached[-1]
+
+    monkeypatch.setattr(GoalLevel0, "goal_achieved", property(near_the_goal))
+    record, _ = _play_vectorised_beside_plain("SafetyPointGoal1-v0", episodes=1, steps_per_episode=300)
+    assert record.enabled and record.verified["forward before the observation"] == 20
+    assert sum(reached) > 40
+
+
+@needs_safety_gymnasium
+def test_a_skipped_forward_that_would_change_the_state_is_caught(monkeypatch):
+    from safety_gymnasium.tasks.safe_navigation.goal.goal_level0 import GoalLevel0
+
+    reward = GoalLevel0.calculate_reward
+
+    def reward_that_moves_the_agent(task):  # a task that moves the simulation between its forwards
+        task.data.qvel[0] = np.nextafter(task.data.qvel[0], np.inf)
+        return reward(task)
+
+    monkeypatch.setattr(GoalLevel0, "calculate_reward", reward_that_moves_the_agent)
+    with pytest.warns(RuntimeWarning, match="the forward before the cost changed the simulation's state"):
+        record, _ = _play_vectorised_beside_plain("SafetyPointGoal1-v0", episodes=1, steps_per_episode=50)
+    assert not record.enabled and record.verified["forward before the cost"] == 0  # every step still equal
 
 
 @needs_safety_gymnasium
@@ -387,9 +450,16 @@ def test_only_tasks_with_safety_gymnasiums_own_observation_are_vectorised_and_ma
     from cmdp.core.safety_gymnasium_vectorised import vectorise_task
 
     button = safety_gymnasium.make("SafetyPointButton1-v0")  # its task overrides obs
-    assert vectorise_task(button) and list(button.unwrapped.task.vectorised.verified) == ["hazard cost", "goal distance"]
+    assert vectorise_task(button) and list(button.unwrapped.task.vectorised.verified) == [
+        "hazard cost",
+        "goal distance",
+        "forward before the cost",  # not the observation's: Button's own specific_step may move things
+    ]
     circle = safety_gymnasium.make("SafetyPointCircle1-v0")  # no goal, no hazards
-    assert vectorise_task(circle) and list(circle.unwrapped.task.vectorised.verified) == ["observation"]
+    assert vectorise_task(circle) and list(circle.unwrapped.task.vectorised.verified) == [
+        "observation",
+        "forward before the cost",
+    ]
     vision = safety_gymnasium.make("SafetyPointGoal1Vision-v0")
     assert vectorise_task(vision) and "observation" not in vision.unwrapped.task.vectorised.verified
     env = safety_gymnasium.make("SafetyPointGoal1-v0")

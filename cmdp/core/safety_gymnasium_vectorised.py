@@ -1,5 +1,5 @@
 """safety-gymnasium's per-step observation, hazard cost and goal distance, computed with array
-operations.
+operations, and its repeated MuJoCo forwards skipped.
 
 safety-gymnasium 1.0.0 computes its pseudo-lidar one object at a time in Python: for each
 hazard, vase and goal it builds the egocentric vector with a 3x3 product, the distance and the
@@ -27,10 +27,18 @@ equal bit for bit, not merely close:
   ``flatten`` concatenates them. The space check (``Dict.contains``) is left out: it can only
   fail for readings outside [0, 1], which these computations cannot produce.
 
-Whether that holds is checked, not assumed: for the first :data:`VERIFIED_STEPS` results of each
-part an env also computes safety-gymnasium's own and compares them (bytes, dtype, shape, and for
-costs and distances the Python type). On any difference it goes back to safety-gymnasium's code
-for good and says so in a warning. The peer-env tests play vectorised and plain envs side by side.
+It also runs MuJoCo's ``mj_forward`` once a step where safety-gymnasium runs it three times:
+after the physics steps, again before the cost and again before the observation, though nothing
+between them moves the simulation, so the second and third compute what the first did. They are
+skipped only between a step's physics and its observation, and only when nothing that may move
+the simulation (a task's own ``specific_step``, a new goal, a reset) ran in between.
+
+Whether all that holds is checked, not assumed: for the first :data:`VERIFIED_STEPS` results of
+each part an env also computes safety-gymnasium's own and compares them (bytes, dtype, shape, and
+for costs and distances the Python type), and it runs each forward it is to skip, comparing every
+array of ``MjData`` and every contact before and after. On any difference it goes back to
+safety-gymnasium's code for good and says so in a warning. The peer-env tests play vectorised and
+plain envs side by side.
 
 Only tasks that use safety-gymnasium's own ``obs`` with its pseudo-lidar and no vision have their
 observation vectorised, and only its own ``dist_goal`` of a ``Goal`` their goal distance; a task
@@ -54,6 +62,7 @@ __all__ = [
     "egocentric_xy",
     "BodyPositions",
     "same_bits",
+    "derived_quantities",
 ]
 
 VERIFIED_STEPS = 1000
@@ -86,8 +95,9 @@ def vectorise_task(env: Any) -> bool:
 class VectorisedTask:
     """One task's vectorised parts, and their verification.
 
-    ``verified`` maps each replaced part ("observation", "hazard cost", "goal distance") to how
-    many of its results have been checked against safety-gymnasium's own so far.
+    ``verified`` maps each replaced part ("observation", "hazard cost", "goal distance", "forward
+    before the cost", "forward before the observation") to how many of its results have been
+    checked against safety-gymnasium's own so far.
     """
 
     def __init__(self, task: Any) -> None:
@@ -95,6 +105,7 @@ class VectorisedTask:
         from safety_gymnasium.assets.geoms.hazards import Hazards
         from safety_gymnasium.bases.base_agent import BaseAgent
         from safety_gymnasium.bases.base_task import BaseTask
+        from safety_gymnasium.tasks.safe_navigation.goal.goal_level0 import GoalLevel0
 
         self.task = task
         self._agent_position = BodyPositions(task, ["agent"]) if type(task.agent).pos is BaseAgent.pos else None
@@ -132,6 +143,79 @@ class VectorisedTask:
         ):
             self._goal_and_agent = BodyPositions(task, ["goal", "agent"])
             task.dist_goal = self._checked("goal distance", task.dist_goal, self._goal_distance, _same_value)
+        self._forwarded = False  # MuJoCo's derived quantities are those of the present state
+        if type(task).calculate_cost is BaseTask.calculate_cost and not (
+            task._is_load_static_geoms and task.static_geoms_contact_cost
+        ):
+            self._plain_cost = task.calculate_cost
+            self.verified["forward before the cost"] = 0
+            task.calculate_cost = self._calculate_cost
+            if "observation" in self.verified and type(task).specific_step is GoalLevel0.specific_step:  # a no-op
+                self.verified["forward before the observation"] = 0
+            self._track_forwards(task)
+
+    def _track_forwards(self, task: Any) -> None:
+        """Mark the simulation forwarded after a step's physics, and not after anything else that
+        may move it; the observation ends a step's window either way."""
+        physics = task.simulation_forward
+
+        def simulation_forward(action: Any) -> Any:
+            exception = physics(action)
+            self._forwarded = not exception  # on an exception safety-gymnasium skips its forward
+            return exception
+
+        task.simulation_forward = simulation_forward
+        for name in ("reset", "update_layout", "update_world", "obs"):
+            setattr(task, name, self._unforwarding(getattr(task, name)))
+        if "forward before the observation" not in self.verified:
+            task.specific_step = self._unforwarding(task.specific_step)
+
+    def _unforwarding(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        def unforwarding(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self._forwarded = False
+
+        return unforwarding
+
+    def _forward(self, part: str) -> None:
+        """MuJoCo's ``mj_forward``, unless the step's physics has already run it on this state and
+        the first VERIFIED_STEPS runs of it here changed nothing."""
+        import mujoco
+
+        task = self.task
+        if not (self.enabled and self._forwarded and part in self.verified):
+            mujoco.mj_forward(task.model, task.data)
+            return
+        if self.verified[part] >= VERIFIED_STEPS:
+            return
+        before = derived_quantities(task.data)
+        mujoco.mj_forward(task.model, task.data)
+        agrees = _same_quantities(before, derived_quantities(task.data))
+        self._tally(part, agrees, f"the {part} changed the simulation's state")
+
+    def _tally(self, part: str, agrees: bool, difference: str) -> None:
+        """Count one verified result of ``part``, or go back to safety-gymnasium's code for good."""
+        if agrees:
+            self.verified[part] += 1
+            return
+        self.enabled = False
+        warnings.warn(
+            f"safety-gymnasium task: {difference}; this env uses safety-gymnasium's code from now on",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+    def _calculate_cost(self) -> dict:
+        if not self.enabled:
+            return self._plain_cost()
+        self._forward("forward before the cost")
+        cost: dict = {}  # as safety-gymnasium's calculate_cost, without static geoms
+        for obstacle in self.task._obstacles:
+            cost.update(obstacle.cal_cost())
+        cost["cost_sum"] = sum(v for k, v in cost.items() if k.startswith("cost_"))
+        return cost
 
     def _checked(
         self, part: str, plain: Callable[[], Any], fast: Callable[..., Any], same: Callable, forwards: bool = False
@@ -149,26 +233,16 @@ class VectorisedTask:
             if self.verified[part] >= VERIFIED_STEPS:
                 return fast()
             reference = plain()
-            if same(fast(forward=False) if forwards else fast(), reference):
-                self.verified[part] += 1
-            else:
-                self.enabled = False
-                warnings.warn(
-                    f"safety-gymnasium task: the vectorised {part} differed from safety-gymnasium's own; "
-                    "this env uses safety-gymnasium's code from now on",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+            agrees = same(fast(forward=False) if forwards else fast(), reference)
+            self._tally(part, agrees, f"the vectorised {part} differed from safety-gymnasium's own")
             return reference
 
         return replacement
 
     def _observe(self, forward: bool = True) -> Any:
-        import mujoco
-
         task = self.task
-        if forward:
-            mujoco.mj_forward(task.model, task.data)  # as safety-gymnasium's obs: sensors need it
+        if forward:  # as safety-gymnasium's obs: sensors need it
+            self._forward("forward before the observation")
         readings = dict(task.agent.obs_sensor())
         if self._lidar_observed:
             lidar = task.lidar_conf
@@ -294,6 +368,27 @@ def _hazard_cost(hazards: Any, positions: Callable[[], np.ndarray], agent: Calla
     for inside in np.flatnonzero(dist <= hazards.size):  # summed in the hazards' order, as before
         cost["cost_hazards"] += hazards.cost * (hazards.size - dist[inside])
     return cost
+
+
+def derived_quantities(data: Any) -> list[Any]:
+    """Copies of everything ``mj_forward`` may write into ``data``: every array of ``MjData``, its
+    counts and time, and every field of its contacts."""
+    names = _DATA_ARRAYS.get(type(data))
+    if names is None:
+        names = _DATA_ARRAYS[type(data)] = [
+            n for n in dir(data) if not n.startswith("_") and isinstance(getattr(data, n), np.ndarray)
+        ]
+    contact = data.contact
+    fields = [n for n in dir(contact) if not n.startswith("_")]
+    counts = [data.ncon, data.nefc, data.ne, data.nf, data.time]
+    return [*(getattr(data, n).copy() for n in names), *(np.array(getattr(contact, n)) for n in fields), counts]
+
+
+_DATA_ARRAYS: dict[type, list[str]] = {}
+
+
+def _same_quantities(a: list[Any], b: list[Any]) -> bool:
+    return len(a) == len(b) and all(same_bits(x, y) for x, y in zip(a[:-1], b[:-1])) and a[-1] == b[-1]
 
 
 def _observation_is_vectorisable(task: Any, base_task: type) -> bool:
