@@ -206,6 +206,20 @@ def test_nonfinite_reward_names_env_step_and_field():
         algo.learn(64)
 
 
+class NanFinalObservation(CornerBandit):
+    def step(self, actions):
+        obs, reward, cost, term, trunc, info = super().step(actions)
+        if "final_obs" in info:
+            info["final_obs"][2] = np.nan
+        return obs, reward, cost, term, trunc, info
+
+
+def test_nonfinite_final_observation_names_its_env():
+    algo = PPO(NanFinalObservation(), seed=0, run_dir=False, **FAST)
+    with pytest.raises(NonFiniteError, match=r"env 2 returned a non-finite final observation at step 36"):
+        algo.learn(64)
+
+
 def test_nonfinite_skip_mode_continues(caplog):
     algo = PPO(CornerBandit(nan_at=5), seed=0, run_dir=False, on_nonfinite="skip", **FAST)
     with caplog.at_level(logging.WARNING, logger="cmdp"):

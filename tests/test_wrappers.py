@@ -112,6 +112,15 @@ def test_running_mean_std_matches_numpy_for_any_batching():
     assert prior.mean == 1.0 and prior.var == pytest.approx(1.5)  # ((1 + 0) + (0 + 0) + 4 * 1/2) / 2
 
 
+def test_running_mean_std_one_sample_at_a_time_is_the_batch_formula_bit_for_bit():
+    rng = np.random.default_rng(1)
+    fast, general = RunningMeanStd(shape=(4,)), RunningMeanStd(shape=(4,))
+    for row in rng.normal(0.0, [1.0, 1e-3, 1e3, 5.0], size=(500, 4)):
+        fast.update(row[None])
+        general.update_from_moments(row[None].mean(axis=0), row[None].var(axis=0), 1)
+    assert fast.mean.tobytes() == general.mean.tobytes() and fast.var.tobytes() == general.var.tobytes()
+
+
 def test_running_mean_std_state_round_trip_and_errors():
     rms = RunningMeanStd((2,))
     rms.update(np.arange(10.0).reshape(5, 2))

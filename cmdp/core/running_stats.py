@@ -41,6 +41,9 @@ class RunningMeanStd:
             raise ValueError(f"expected a batch of shape [batch, *{self.shape}], got {x.shape}")
         if x.shape[0] == 0:
             return
+        if x.shape[0] == 1:  # one env stepping: the same numbers without a mean and variance pass
+            self.update_from_moments(x[0], 0.0, 1)
+            return
         self.update_from_moments(x.mean(axis=0), x.var(axis=0), x.shape[0])
 
     def update_from_moments(self, batch_mean: Any, batch_var: Any, batch_count: float) -> None:
