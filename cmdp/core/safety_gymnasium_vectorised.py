@@ -62,7 +62,6 @@ __all__ = [
     "egocentric_xy",
     "BodyPositions",
     "same_bits",
-    "derived_quantities",
 ]
 
 VERIFIED_STEPS = 1000
@@ -190,9 +189,9 @@ class VectorisedTask:
             return
         if self.verified[part] >= VERIFIED_STEPS:
             return
-        before = derived_quantities(task.data)
+        before = _derived_quantities(task.data)
         mujoco.mj_forward(task.model, task.data)
-        agrees = _same_quantities(before, derived_quantities(task.data))
+        agrees = _same_quantities(before, _derived_quantities(task.data))
         self._tally(part, agrees, f"the {part} changed the simulation's state")
 
     def _tally(self, part: str, agrees: bool, difference: str) -> None:
@@ -370,7 +369,7 @@ def _hazard_cost(hazards: Any, positions: Callable[[], np.ndarray], agent: Calla
     return cost
 
 
-def derived_quantities(data: Any) -> list[Any]:
+def _derived_quantities(data: Any) -> list[Any]:
     """Copies of everything ``mj_forward`` may write into ``data``: every array of ``MjData``, its
     counts and time, and every field of its contacts."""
     names = _DATA_ARRAYS.get(type(data))
