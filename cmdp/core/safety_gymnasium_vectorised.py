@@ -164,6 +164,9 @@ class VectorisedTask:
             return exception
 
         task.simulation_forward = simulation_forward
+        # in safety-gymnasium, update_layout moves nothing and update_world ends with a forward of
+        # its own, so the window would still be right after them; closing it there keeps it right
+        # for a task whose new goal skips that forward
         for name in ("reset", "update_layout", "update_world", "obs"):
             setattr(task, name, self._unforwarding(getattr(task, name)))
         if "forward before the observation" not in self.verified:
