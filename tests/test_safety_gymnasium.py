@@ -453,7 +453,7 @@ def test_only_tasks_with_safety_gymnasiums_own_observation_are_vectorised_and_ma
     assert vectorise_task(button) and list(button.unwrapped.task.vectorised.verified) == [
         "hazard cost",
         "goal distance",
-        "forward before the cost",  # not the observation's: Button's own specific_step may move things
+        "forward before the cost",  # not the observation's: Button's obs is its own, forward and all
     ]
     circle = safety_gymnasium.make("SafetyPointCircle1-v0")  # no goal, no hazards
     assert vectorise_task(circle) and list(circle.unwrapped.task.vectorised.verified) == [

@@ -375,18 +375,19 @@ def _hazard_cost(hazards: Any, positions: Callable[[], np.ndarray], agent: Calla
 def _derived_quantities(data: Any) -> list[Any]:
     """Copies of everything ``mj_forward`` may write into ``data``: every array of ``MjData``, its
     counts and time, and every field of its contacts."""
-    names = _DATA_ARRAYS.get(type(data))
-    if names is None:
-        names = _DATA_ARRAYS[type(data)] = [
-            n for n in dir(data) if not n.startswith("_") and isinstance(getattr(data, n), np.ndarray)
-        ]
     contact = data.contact
-    fields = [n for n in dir(contact) if not n.startswith("_")]
+    names = _FIELDS.get(type(data))
+    if names is None:  # the same for every MjData: looked up once
+        names = _FIELDS[type(data)] = (
+            [n for n in dir(data) if not n.startswith("_") and isinstance(getattr(data, n), np.ndarray)],
+            [n for n in dir(contact) if not n.startswith("_")],
+        )
+    arrays, fields = names
     counts = [data.ncon, data.nefc, data.ne, data.nf, data.time]
-    return [*(getattr(data, n).copy() for n in names), *(np.array(getattr(contact, n)) for n in fields), counts]
+    return [*(getattr(data, n).copy() for n in arrays), *(np.array(getattr(contact, n)) for n in fields), counts]
 
 
-_DATA_ARRAYS: dict[type, list[str]] = {}
+_FIELDS: dict[type, tuple[list[str], list[str]]] = {}
 
 
 def _same_quantities(a: list[Any], b: list[Any]) -> bool:
